@@ -1,0 +1,74 @@
+import { readFileSync } from 'node:fs';
+import { ERROR_CODES, exitCodeFor, KmtlsError } from '../errors.js';
+import { runAnalyze } from './analyze.js';
+import { runExplain } from './explain.js';
+import type { CommandIo } from './io.js';
+import { runValidate } from './validate.js';
+
+export const USAGE = `kmtls — mutual TLS for Kubernetes services, exact to Istio's PeerAuthentication
+
+Usage: kmtls <command> [flags]
+
+Commands:
+  explain pod NS/NAME [--port N]      effective inbound mTLS mode and the decision chain
+  explain edge NS/POD HOST:PORT       what the client sends, what the server accepts, the verdict
+  validate -f PATH...                 schema and Istio webhook validation (exit 1 on errors)
+  analyze -f PATH...                  cross-resource findings (exit 1 on error-level findings)
+  version                             print the version
+
+Every command that reads manifests takes -f PATH (file, directory or -, repeatable),
+--root-namespace NS (default istio-system) and -o text|json. See docs/cli.md.
+`;
+
+type Command = (argv: readonly string[], io: CommandIo) => Promise<number>;
+
+const COMMANDS: Record<string, Command> = {
+  explain: runExplain,
+  validate: runValidate,
+  analyze: runAnalyze,
+};
+
+function version(): string {
+  const pkg = JSON.parse(readFileSync(new URL('../../../package.json', import.meta.url), 'utf8')) as { version: string };
+  return pkg.version;
+}
+
+/** Runs one command; returns the exit code. Never throws: errors become a coded message. */
+export async function run(argv: readonly string[], io: CommandIo): Promise<number> {
+  const [name, ...rest] = argv;
+  try {
+    if (name === undefined || name === 'help' || name === '--help' || name === '-h') {
+      io.stdout(USAGE);
+      return name === undefined ? 2 : 0;
+    }
+    if (name === 'version' || name === '--version') {
+      io.stdout(`kmtls ${version()}\n`);
+      return 0;
+    }
+    const command = COMMANDS[name];
+    if (!command) throw new KmtlsError('KMTLS_CLI_USAGE', `unknown command: ${JSON.stringify(name)}\n\n${USAGE}`);
+    return await command(rest, io);
+  } catch (err) {
+    if (err instanceof KmtlsError && err.code in ERROR_CODES) {
+      io.stderr(`error ${err.code}: ${err.message}\n`);
+      return exitCodeFor(err.code);
+    }
+    io.stderr(`BUG: kmtls failed unexpectedly: ${(err as Error)?.stack ?? String(err)}\n`);
+    return 70;
+  }
+}
+
+/** The process entry: the only place that touches process streams and exit. */
+export async function main(): Promise<void> {
+  const io: CommandIo = {
+    stdout: (t) => process.stdout.write(t),
+    stderr: (t) => process.stderr.write(t),
+    readStdin: async () => {
+      const chunks: Buffer[] = [];
+      for await (const c of process.stdin) chunks.push(c as Buffer);
+      return Buffer.concat(chunks).toString('utf8');
+    },
+    isTty: process.stdout.isTTY === true,
+  };
+  process.exitCode = await run(process.argv.slice(2), io);
+}

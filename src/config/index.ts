@@ -1,0 +1,6 @@
+export type { LoadOptions, LoadResult } from './load.js';
+export { loadManifests } from './load.js';
+export type { ReadResult } from './resources.js';
+export { readResources } from './resources.js';
+export type { ManifestObject, ParsedText } from './yaml-source.js';
+export { parseManifestText } from './yaml-source.js';

@@ -1,0 +1,21 @@
+export type { EdgeExplanation, LookupFailure, PodExplanation, PortExplanation } from './explain.js';
+export { explainEdge, explainPod, findWorkload, orderAssumption, resolveHost } from './explain.js';
+export {
+  decideMembership,
+  INJECT_LABEL,
+  ISTIO_INJECTION_LABEL,
+  KMTLS_INJECTION_LABEL,
+  SIDECAR_CONTAINER,
+  TLS_MODE_LABEL,
+} from './membership.js';
+export type * from './resources.js';
+export { EMPTY_RESOURCES, POD_SOURCE_KINDS } from './resources.js';
+export type { MeshOptions, MeshSnapshot, MeshWorkload } from './snapshot.js';
+export {
+  buildMeshSnapshot,
+  collectProbes,
+  DEFAULT_MESH_OPTIONS,
+  discoverCallers,
+  REWRITE_PROBES_ANNOTATION,
+  serviceHosts,
+} from './snapshot.js';
