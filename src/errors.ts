@@ -20,7 +20,6 @@ export const ERROR_CODES = {
   KMTLS_EXPLAIN_NOT_FOUND: 1,
   KMTLS_EXPLAIN_AMBIGUOUS: 1,
   KMTLS_EXPLAIN_BAD_TARGET: 2,
-  KMTLS_MANIFESTS_INVALID: 1,
 } as const;
 
 export type ErrorCode = keyof typeof ERROR_CODES;

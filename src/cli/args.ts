@@ -24,26 +24,37 @@ export function parseCommandArgs<T extends Record<string, OptionSpec>>(argv: rea
   try {
     return parseArgs({ args: [...argv], options, allowPositionals: true, strict: true });
   } catch (err) {
-    throw new KmtlsError('KMTLS_CLI_USAGE', `bad arguments: ${(err as Error).message}`, { cause: err });
+    // Node's message goes on about positional arguments; its first sentence is the point.
+    const first = (err as Error).message.split(/(?<=\.) /)[0];
+    throw new KmtlsError('KMTLS_CLI_USAGE', `bad arguments: ${first} (see --help)`, { cause: err });
   }
 }
 
-export function manifestFlags(values: {
-  filename?: string[] | undefined;
-  'root-namespace'?: string | undefined;
-  output?: string | undefined;
-}, positionals: readonly string[] = []): ManifestFlags {
+export function manifestFlags(
+  values: {
+    filename?: string[] | undefined;
+    'root-namespace'?: string | undefined;
+    output?: string | undefined;
+  },
+  positionals: readonly string[] = [],
+): ManifestFlags {
   const files = [...(values.filename ?? []), ...positionals];
   if (files.length === 0) {
     throw new KmtlsError('KMTLS_CLI_USAGE', 'no manifests given: pass -f FILE|DIR|- (repeatable)');
   }
   const output = values.output ?? 'text';
   if (output !== 'text' && output !== 'json') {
-    throw new KmtlsError('KMTLS_CLI_USAGE', `unknown output format: ${JSON.stringify(output)} (use text or json)`);
+    throw new KmtlsError(
+      'KMTLS_CLI_USAGE',
+      `unknown output format: ${JSON.stringify(output)} (use text or json)`,
+    );
   }
   const rootNamespace = values['root-namespace'] ?? 'istio-system';
   if (!/^[a-z0-9]([-a-z0-9]*[a-z0-9])?$/.test(rootNamespace)) {
-    throw new KmtlsError('KMTLS_CLI_USAGE', `not a namespace name: --root-namespace ${JSON.stringify(rootNamespace)}`);
+    throw new KmtlsError(
+      'KMTLS_CLI_USAGE',
+      `not a namespace name: --root-namespace ${JSON.stringify(rootNamespace)}`,
+    );
   }
   return { files, rootNamespace, output };
 }

@@ -36,27 +36,45 @@ export async function runExplain(argv: readonly string[], io: CommandIo): Promis
   }
   const [what, ...rest] = positionals;
   if (what !== 'pod' && what !== 'edge') {
-    throw new KmtlsError('KMTLS_CLI_USAGE', `explain what: ${JSON.stringify(what ?? '')} (use "pod" or "edge")\n\n${EXPLAIN_USAGE}`);
+    throw new KmtlsError(
+      'KMTLS_CLI_USAGE',
+      `explain what: ${JSON.stringify(what ?? '')} (use "pod" or "edge")\n\n${EXPLAIN_USAGE}`,
+    );
   }
   const wanted = what === 'pod' ? 1 : 2;
   if (rest.length !== wanted) {
-    throw new KmtlsError('KMTLS_CLI_USAGE', `explain ${what} takes ${wanted === 1 ? 'NAMESPACE/NAME' : 'NAMESPACE/SOURCE HOST:PORT'}\n\n${EXPLAIN_USAGE}`);
+    throw new KmtlsError(
+      'KMTLS_CLI_USAGE',
+      `explain ${what} takes ${wanted === 1 ? 'NAMESPACE/NAME' : 'NAMESPACE/SOURCE HOST:PORT'}\n\n${EXPLAIN_USAGE}`,
+    );
   }
-  if (what === 'pod' && values.subset !== undefined) throw new KmtlsError('KMTLS_CLI_USAGE', '--subset goes with explain edge');
-  if (what === 'edge' && values.port !== undefined) throw new KmtlsError('KMTLS_CLI_USAGE', '--port goes with explain pod; give HOST:PORT');
+  if (what === 'pod' && values.subset !== undefined)
+    throw new KmtlsError('KMTLS_CLI_USAGE', '--subset goes with explain edge');
+  if (what === 'edge' && values.port !== undefined)
+    throw new KmtlsError('KMTLS_CLI_USAGE', '--port goes with explain pod; give HOST:PORT');
   const port = parsePort(values.port, '--port');
   const flags = manifestFlags(values);
   const loaded = await loadSnapshot(flags, io);
   if (hasErrors(loaded.diagnostics)) {
-    io.stderr(`warning: the manifests have problems (${summarize(loaded.diagnostics)}); invalid objects are left out. Run kmtls validate.\n`);
+    io.stderr(
+      `warning: the manifests have problems (${summarize(loaded.diagnostics)}); invalid objects are left out. Run kmtls validate.\n`,
+    );
   }
   if (what === 'pod') {
     const explanation = explainPod(loaded.snapshot, workload(loaded.snapshot, rest[0]!), port);
-    io.stdout(flags.output === 'json' ? `${JSON.stringify(explanation, null, 2)}\n` : formatPodExplanation(explanation));
+    io.stdout(
+      flags.output === 'json'
+        ? `${JSON.stringify(explanation, null, 2)}\n`
+        : formatPodExplanation(explanation),
+    );
     return 0;
   }
   const source = workload(loaded.snapshot, rest[0]!);
   const { explanation } = unwrap(explainEdge(loaded.snapshot, source, rest[1]!, values.subset));
-  io.stdout(flags.output === 'json' ? `${JSON.stringify(explanation, null, 2)}\n` : formatEdgeExplanation(explanation));
+  io.stdout(
+    flags.output === 'json'
+      ? `${JSON.stringify(explanation, null, 2)}\n`
+      : formatEdgeExplanation(explanation),
+  );
   return 0;
 }

@@ -14,9 +14,13 @@ function objectName(ref: ObjectRef): string {
 /** `file:line:col: severity CODE: message`, then the objects and the hint, indented. */
 export function formatDiagnostic(d: Diagnostic): string {
   const where = formatLocation(d.location);
-  const lines = [`${where ? `${where}: ` : ''}${d.severity} ${d.code}${d.istioCode ? ` (${d.istioCode})` : ''}: ${d.message}`];
+  const lines = [
+    `${where ? `${where}: ` : ''}${d.severity} ${d.code}${d.istioCode ? ` (${d.istioCode})` : ''}: ${d.message}`,
+  ];
   if (d.objects.length > 1) {
-    lines.push(`    objects: ${d.objects.map((o) => `${objectName(o)}${o.location ? ` (${formatLocation(o.location)})` : ''}`).join('; ')}`);
+    lines.push(
+      `    objects: ${d.objects.map((o) => `${objectName(o)}${o.location ? ` (${formatLocation(o.location)})` : ''}`).join('; ')}`,
+    );
   }
   if (d.hint) lines.push(`    hint: ${d.hint}`);
   return lines.join('\n');
@@ -36,15 +40,22 @@ function policyText(ref: ObjectRef | undefined): string {
 function stepLine(s: ChainStep): [string, string, string, string] {
   const level = s.level === 'port' ? `port ${s.port}` : s.level;
   if (s.level === 'default') return [level, '', 'no policy sets a mode', s.result];
-  const declared = s.policy === undefined ? '' : s.declared === undefined ? 'mtls not set' : `mode ${s.declared}`;
+  if (s.policy === undefined) return [level, '(none)', '', s.result];
+  const declared = s.declared === undefined ? 'mtls not set' : `mode ${s.declared}`;
   const effect = s.effect === 'sets' ? s.result : `${s.result} (inherited)`;
   return [level, policyText(s.policy), declared, effect];
 }
 
 function table(rows: readonly (readonly string[])[], indent = '  '): string[] {
   const widths: number[] = [];
-  for (const r of rows) r.forEach((c, i) => (widths[i] = Math.max(widths[i] ?? 0, c.length)));
-  return rows.map((r) => (indent + r.map((c, i) => (i === r.length - 1 ? c : c.padEnd(widths[i] ?? 0))).join('  ')).trimEnd());
+  for (const r of rows) {
+    r.forEach((c, i) => {
+      widths[i] = Math.max(widths[i] ?? 0, c.length);
+    });
+  }
+  return rows.map((r) =>
+    (indent + r.map((c, i) => (i === r.length - 1 ? c : c.padEnd(widths[i] ?? 0))).join('  ')).trimEnd(),
+  );
 }
 
 export function formatPodExplanation(x: PodExplanation): string {
@@ -73,7 +84,9 @@ export function formatPodExplanation(x: PodExplanation): string {
           p.decidedBy === 'port' ? `portLevelMtls ${p.declared ?? ''}`.trim() : 'workload mode',
           [
             p.isDeclared ? (p.container ? `container ${p.container}` : '') : 'not a declared container port',
-            p.services.length > 0 ? `from ${p.services.map((s) => `Service ${s.service}:${s.port}`).join(', ')}` : '',
+            p.services.length > 0
+              ? `from ${p.services.map((s) => `Service ${s.service}:${s.port}`).join(', ')}`
+              : '',
           ]
             .filter(Boolean)
             .join('; '),
@@ -115,13 +128,20 @@ export function formatEdgeExplanation(x: EdgeExplanation): string {
   out.push(`  source sidecar: ${x.source.inMesh ? 'yes' : 'NO'} (${x.source.meshReason})`);
   if (d.destinationRule) {
     const where = d.destinationRule.foundIn?.replace('-', ' ');
-    out.push(`  DestinationRule: ${d.destinationRule.rules.map(refName).join(' + ')} for host ${d.destinationRule.host}${where ? ` (found in the ${where})` : ''}`);
+    out.push(
+      `  DestinationRule: ${d.destinationRule.rules.map(refName).join(' + ')} for host ${d.destinationRule.host}${where ? ` (found in the ${where})` : ''}`,
+    );
   } else {
     out.push('  DestinationRule: none applies');
   }
-  if (!x.source.inMesh) out.push('  cluster TLS: none (the source has no sidecar; DestinationRules apply only to sidecars)');
-  else if (d.clusterTls.tls) out.push(`  cluster TLS: ${d.clusterTls.tls.mode} from the ${d.clusterTls.level} level`);
-  else out.push(`  cluster TLS: auto mTLS (service namespace mode ${d.serviceMtlsMode}${d.passthrough ? ', passthrough/headless service' : ''})`);
+  if (!x.source.inMesh)
+    out.push('  cluster TLS: none (the source has no sidecar; DestinationRules apply only to sidecars)');
+  else if (d.clusterTls.tls)
+    out.push(`  cluster TLS: ${d.clusterTls.tls.mode} from the ${d.clusterTls.level} level`);
+  else
+    out.push(
+      `  cluster TLS: auto mTLS (service namespace mode ${d.serviceMtlsMode}${d.passthrough ? ', passthrough/headless service' : ''})`,
+    );
   if (d.problem) {
     out.push('');
     out.push(`FAILS: ${d.problem.code}: ${d.problem.message}`);
@@ -130,11 +150,15 @@ export function formatEdgeExplanation(x: EdgeExplanation): string {
     out.push('');
     out.push('Endpoints:');
     for (const e of d.endpoints) {
-      out.push(`  ${e.workload.kind} ${refName(e.workload)} port ${e.port}: client ${e.clientTls}, server ${e.serverMode} => ${e.verdict.toUpperCase()} (${e.code})`);
+      out.push(
+        `  ${e.workload.kind} ${refName(e.workload)} port ${e.port}: client ${e.clientTls}, server ${e.serverMode} => ${e.verdict.toUpperCase()} (${e.code})`,
+      );
       out.push(`      client: ${e.clientTlsReason}`);
       const decider = [...e.serverChain].reverse().find((s) => s.effect === 'sets' && s.policy);
       if (e.serverMode !== 'NO_SIDECAR' && e.serverMode !== 'UNKNOWN') {
-        out.push(`      server: ${decider ? `${decider.level === 'port' ? `port ${decider.port} of ` : `${decider.level} policy `}${refName(decider.policy!)}` : 'no policy sets a mode (PERMISSIVE by default)'}`);
+        out.push(
+          `      server: ${decider ? `${decider.level === 'port' ? `port ${decider.port} of ` : `${decider.level} policy `}${refName(decider.policy!)}` : 'no policy sets a mode (PERMISSIVE by default)'}`,
+        );
       }
       out.push(`      ${e.reason}`);
     }

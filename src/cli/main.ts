@@ -1,4 +1,5 @@
 import { readFileSync } from 'node:fs';
+import { readStdinText } from '../config/index.js';
 import { ERROR_CODES, exitCodeFor, KmtlsError } from '../errors.js';
 import { runAnalyze } from './analyze.js';
 import { runExplain } from './explain.js';
@@ -29,7 +30,9 @@ const COMMANDS: Record<string, Command> = {
 };
 
 function version(): string {
-  const pkg = JSON.parse(readFileSync(new URL('../../../package.json', import.meta.url), 'utf8')) as { version: string };
+  const pkg = JSON.parse(readFileSync(new URL('../../../package.json', import.meta.url), 'utf8')) as {
+    version: string;
+  };
   return pkg.version;
 }
 
@@ -46,7 +49,8 @@ export async function run(argv: readonly string[], io: CommandIo): Promise<numbe
       return 0;
     }
     const command = COMMANDS[name];
-    if (!command) throw new KmtlsError('KMTLS_CLI_USAGE', `unknown command: ${JSON.stringify(name)}\n\n${USAGE}`);
+    if (!command)
+      throw new KmtlsError('KMTLS_CLI_USAGE', `unknown command: ${JSON.stringify(name)}\n\n${USAGE}`);
     return await command(rest, io);
   } catch (err) {
     if (err instanceof KmtlsError && err.code in ERROR_CODES) {
@@ -60,14 +64,17 @@ export async function run(argv: readonly string[], io: CommandIo): Promise<numbe
 
 /** The process entry: the only place that touches process streams and exit. */
 export async function main(): Promise<void> {
+  // A reader that goes away (`kmtls validate ... | head`) is not an error worth a stack trace.
+  for (const stream of [process.stdout, process.stderr]) {
+    stream.on('error', (err: NodeJS.ErrnoException) => {
+      if (err.code === 'EPIPE') process.exit(process.exitCode ?? 0);
+      throw err;
+    });
+  }
   const io: CommandIo = {
     stdout: (t) => process.stdout.write(t),
     stderr: (t) => process.stderr.write(t),
-    readStdin: async () => {
-      const chunks: Buffer[] = [];
-      for await (const c of process.stdin) chunks.push(c as Buffer);
-      return Buffer.concat(chunks).toString('utf8');
-    },
+    readStdin: readStdinText,
     isTty: process.stdout.isTTY === true,
   };
   process.exitCode = await run(process.argv.slice(2), io);

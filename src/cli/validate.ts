@@ -12,7 +12,12 @@ Checks manifests as the API server and Istio's webhook would: exit 0 when valid 
 printed), 1 when any error, 2 on usage errors.
 `;
 
-export function printDiagnostics(io: CommandIo, output: 'text' | 'json', list: readonly Diagnostic[], files: readonly string[]): void {
+export function printDiagnostics(
+  io: CommandIo,
+  output: 'text' | 'json',
+  list: readonly Diagnostic[],
+  files: readonly string[],
+): void {
   const sorted = sortDiagnostics(list);
   if (output === 'json') {
     io.stdout(`${JSON.stringify({ valid: !hasErrors(sorted), files, diagnostics: sorted }, null, 2)}\n`);

@@ -1,5 +1,5 @@
 export type { LoadOptions, LoadResult } from './load.js';
-export { loadManifests } from './load.js';
+export { loadManifests, readStdinText } from './load.js';
 export type { ReadResult } from './resources.js';
 export { readResources } from './resources.js';
 export type { ManifestObject, ParsedText } from './yaml-source.js';

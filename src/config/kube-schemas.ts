@@ -12,7 +12,9 @@ const intOrString = z.union([z.number().int(), z.string()]);
 
 const probe = z
   .looseObject({
-    httpGet: z.looseObject({ port: intOrString, path: z.string().optional(), scheme: z.string().optional() }).optional(),
+    httpGet: z
+      .looseObject({ port: intOrString, path: z.string().optional(), scheme: z.string().optional() })
+      .optional(),
     tcpSocket: z.looseObject({ port: intOrString }).optional(),
     grpc: z.looseObject({ port: port }).optional(),
     exec: z.looseObject({}).optional(),
@@ -23,7 +25,9 @@ export const containerSchema = z.looseObject({
   name: z.string(),
   image: z.string().optional(),
   ports: z
-    .array(z.looseObject({ containerPort: port, name: z.string().optional(), protocol: z.string().optional() }))
+    .array(
+      z.looseObject({ containerPort: port, name: z.string().optional(), protocol: z.string().optional() }),
+    )
     .optional(),
   env: z.array(z.looseObject({ name: z.string(), value: z.string().optional() })).optional(),
   command: z.array(z.string()).optional(),
@@ -64,7 +68,9 @@ export const replicatedSchema = z.looseObject({
 });
 
 export const jobSchema = z.looseObject({
-  spec: z.looseObject({ parallelism: z.number().int().min(0).optional(), template: templateSchema.optional() }).optional(),
+  spec: z
+    .looseObject({ parallelism: z.number().int().min(0).optional(), template: templateSchema.optional() })
+    .optional(),
 });
 
 export const cronJobSchema = z.looseObject({
@@ -72,7 +78,12 @@ export const cronJobSchema = z.looseObject({
     .looseObject({
       jobTemplate: z
         .looseObject({
-          spec: z.looseObject({ parallelism: z.number().int().min(0).optional(), template: templateSchema.optional() }).optional(),
+          spec: z
+            .looseObject({
+              parallelism: z.number().int().min(0).optional(),
+              template: templateSchema.optional(),
+            })
+            .optional(),
         })
         .optional(),
     })

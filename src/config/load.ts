@@ -19,7 +19,8 @@ export interface LoadOptions {
   readonly readStdin?: () => Promise<string>;
 }
 
-async function readStdinText(): Promise<string> {
+/** Reads all of standard input as UTF-8. */
+export async function readStdinText(): Promise<string> {
   const chunks: Buffer[] = [];
   for await (const chunk of process.stdin) chunks.push(chunk as Buffer);
   return Buffer.concat(chunks).toString('utf8');
@@ -58,7 +59,10 @@ function errnoReason(err: unknown): string {
  * Never throws for bad input: unreadable paths and broken YAML become located diagnostics, and
  * everything readable is still read.
  */
-export async function loadManifests(paths: readonly string[], options: LoadOptions = {}): Promise<LoadResult> {
+export async function loadManifests(
+  paths: readonly string[],
+  options: LoadOptions = {},
+): Promise<LoadResult> {
   const diagnostics: Diagnostic[] = [];
   const objects: ManifestObject[] = [];
   const files: string[] = [];
@@ -78,9 +82,13 @@ export async function loadManifests(paths: readonly string[], options: LoadOptio
       const list = s.isDirectory() ? await listManifestFiles(p) : [p];
       if (s.isDirectory() && list.length === 0) {
         diagnostics.push(
-          diagnostic('KMTLS_MANIFEST_NO_FILES', `no manifests in directory: ${p} (looked for .yaml, .yml and .json files)`, {
-            location: { file: p, line: 1 },
-          }),
+          diagnostic(
+            'KMTLS_MANIFEST_NO_FILES',
+            `no manifests in directory: ${p} (looked for .yaml, .yml and .json files)`,
+            {
+              location: { file: p, line: 1 },
+            },
+          ),
         );
       }
       for (const file of list) {
@@ -96,7 +104,9 @@ export async function loadManifests(paths: readonly string[], options: LoadOptio
       }
     } catch (err) {
       diagnostics.push(
-        diagnostic('KMTLS_MANIFEST_UNREADABLE', `cannot read manifest: ${p} (${errnoReason(err)})`, { location: { file: p, line: 1 } }),
+        diagnostic('KMTLS_MANIFEST_UNREADABLE', `cannot read manifest: ${p} (${errnoReason(err)})`, {
+          location: { file: p, line: 1 },
+        }),
       );
     }
   }

@@ -69,7 +69,10 @@ export interface ReadResult {
 function parseTimestamp(c: Checker, value: unknown): number | undefined {
   if (value === undefined || value === null) return undefined;
   const text = value instanceof Date ? value.toISOString() : value;
-  if (typeof text === 'string' && /^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?(Z|[+-]\d{2}:\d{2})$/.test(text)) {
+  if (
+    typeof text === 'string' &&
+    /^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?(Z|[+-]\d{2}:\d{2})$/.test(text)
+  ) {
     const ms = Date.parse(text);
     if (!Number.isNaN(ms)) return ms;
   }
@@ -83,18 +86,43 @@ function parseTimestamp(c: Checker, value: unknown): number | undefined {
 }
 
 /** Reads metadata; a problem there makes the object unusable only when the name is missing. */
-function readMeta(obj: ManifestObject, kind: string, clusterScoped: boolean): { meta: ObjectMeta; checker: Checker } | Diagnostic {
+function readMeta(
+  obj: ManifestObject,
+  kind: string,
+  clusterScoped: boolean,
+): { meta: ObjectMeta; checker: Checker } | Diagnostic {
   const body = obj.body;
   const metadata = isRecord(body.metadata) ? body.metadata : {};
   const name = metadata.name;
   if (typeof name !== 'string' || name === '') {
-    return diagnostic('KMTLS_MANIFEST_MISSING_NAME', `${kind} without metadata.name in ${obj.location.file}`, {
-      location: obj.locate(['metadata']) ?? obj.location,
-    });
+    return diagnostic(
+      'KMTLS_MANIFEST_MISSING_NAME',
+      `${kind} without metadata.name in ${obj.location.file}`,
+      {
+        location: obj.locate(['metadata']) ?? obj.location,
+      },
+    );
   }
-  const namespace = clusterScoped ? '' : typeof metadata.namespace === 'string' && metadata.namespace !== '' ? metadata.namespace : 'default';
-  const provisional: ObjectMeta = { name, namespace, labels: {}, annotations: {}, createdAtMs: undefined, location: obj.location };
-  const raw: RawResource = { apiVersion: String(body.apiVersion ?? ''), kind, meta: provisional, spec: body.spec, locate: obj.locate };
+  const namespace = clusterScoped
+    ? ''
+    : typeof metadata.namespace === 'string' && metadata.namespace !== ''
+      ? metadata.namespace
+      : 'default';
+  const provisional: ObjectMeta = {
+    name,
+    namespace,
+    labels: {},
+    annotations: {},
+    createdAtMs: undefined,
+    location: obj.location,
+  };
+  const raw: RawResource = {
+    apiVersion: String(body.apiVersion ?? ''),
+    kind,
+    meta: provisional,
+    spec: body.spec,
+    locate: obj.locate,
+  };
   const checker = new Checker(raw);
   const labels = checker.stringMap(metadata.labels, ['metadata', 'labels']) ?? {};
   const annotations = checker.stringMap(metadata.annotations, ['metadata', 'annotations']) ?? {};
@@ -120,14 +148,21 @@ function toContainer(c: ContainerInput, isInit: boolean): ContainerSpec {
     if (p.httpGet) {
       const scheme = p.httpGet.scheme === 'HTTPS' ? 'HTTPS' : 'HTTP';
       probes.push({ kind, handler: 'httpGet', port: p.httpGet.port, scheme, path: p.httpGet.path });
-    } else if (p.tcpSocket) probes.push({ kind, handler: 'tcpSocket', port: p.tcpSocket.port, scheme: undefined, path: undefined });
-    else if (p.grpc) probes.push({ kind, handler: 'grpc', port: p.grpc.port, scheme: undefined, path: undefined });
-    else if (p.exec) probes.push({ kind, handler: 'exec', port: undefined, scheme: undefined, path: undefined });
+    } else if (p.tcpSocket)
+      probes.push({ kind, handler: 'tcpSocket', port: p.tcpSocket.port, scheme: undefined, path: undefined });
+    else if (p.grpc)
+      probes.push({ kind, handler: 'grpc', port: p.grpc.port, scheme: undefined, path: undefined });
+    else if (p.exec)
+      probes.push({ kind, handler: 'exec', port: undefined, scheme: undefined, path: undefined });
   }
   return {
     name: c.name,
     image: c.image,
-    ports: (c.ports ?? []).map((p) => ({ containerPort: p.containerPort, name: p.name, protocol: p.protocol ?? 'TCP' })),
+    ports: (c.ports ?? []).map((p) => ({
+      containerPort: p.containerPort,
+      name: p.name,
+      protocol: p.protocol ?? 'TCP',
+    })),
     env: (c.env ?? []).map((e) => ({ name: e.name, value: e.value })),
     command: c.command ?? [],
     args: c.args ?? [],
@@ -213,9 +248,13 @@ export function readResources(objects: readonly ManifestObject[]): ReadResult {
     const apiVersion = body.apiVersion;
     if (typeof kind !== 'string' || kind === '' || typeof apiVersion !== 'string' || apiVersion === '') {
       diagnostics.push(
-        diagnostic('KMTLS_MANIFEST_MISSING_KIND', `object without ${typeof kind !== 'string' || kind === '' ? 'kind' : 'apiVersion'} in ${obj.location.file}`, {
-          location: obj.location,
-        }),
+        diagnostic(
+          'KMTLS_MANIFEST_MISSING_KIND',
+          `object without ${typeof kind !== 'string' || kind === '' ? 'kind' : 'apiVersion'} in ${obj.location.file}`,
+          {
+            location: obj.location,
+          },
+        ),
       );
       continue;
     }
@@ -229,9 +268,13 @@ export function readResources(objects: readonly ManifestObject[]): ReadResult {
     }
     if (known.versions && !known.versions.includes(version)) {
       diagnostics.push(
-        diagnostic('KMTLS_SCHEMA_UNSUPPORTED_VERSION', `unsupported version: ${apiVersion} ${kind} (kmtls reads ${known.versions.map((v) => `${group}/${v}`).join(', ')}); skipped`, {
-          location: obj.location,
-        }),
+        diagnostic(
+          'KMTLS_SCHEMA_UNSUPPORTED_VERSION',
+          `unsupported version: ${apiVersion} ${kind} (kmtls reads ${known.versions.map((v) => `${group}/${v}`).join(', ')}); skipped`,
+          {
+            location: obj.location,
+          },
+        ),
       );
       continue;
     }
@@ -265,11 +308,23 @@ export function readResources(objects: readonly ManifestObject[]): ReadResult {
         if (v.value && !checker.hasErrors()) pas.set(key, v.value);
         else {
           const spec = isRecord(body.spec) ? body.spec : {};
-          const sel = isRecord(spec.selector) && isRecord(spec.selector.matchLabels) ? spec.selector.matchLabels : undefined;
+          const sel =
+            isRecord(spec.selector) && isRecord(spec.selector.matchLabels)
+              ? spec.selector.matchLabels
+              : undefined;
           rejected.set(key, {
-            policy: { kind, namespace: meta.namespace, name: meta.name, ...(meta.location ? { location: meta.location } : {}) },
-            errors: [...checker.diagnostics, ...v.diagnostics].filter((d) => d.severity === 'error').map((d) => d.message),
-            selector: sel ? Object.fromEntries(Object.entries(sel).map(([k, val]) => [k, String(val)])) : undefined,
+            policy: {
+              kind,
+              namespace: meta.namespace,
+              name: meta.name,
+              ...(meta.location ? { location: meta.location } : {}),
+            },
+            errors: [...checker.diagnostics, ...v.diagnostics]
+              .filter((d) => d.severity === 'error')
+              .map((d) => d.message),
+            selector: sel
+              ? Object.fromEntries(Object.entries(sel).map(([k, val]) => [k, String(val)]))
+              : undefined,
           });
         }
         continue;
@@ -317,7 +372,17 @@ export function readResources(objects: readonly ManifestObject[]): ReadResult {
       case 'Job': {
         const parsed = jobSchema.safeParse(clean);
         if (parsed.success) {
-          podSources.set(key, podSource('Job', meta, body, parsed.data.spec?.template, parsed.data.spec?.parallelism ?? 1, undefined));
+          podSources.set(
+            key,
+            podSource(
+              'Job',
+              meta,
+              body,
+              parsed.data.spec?.template,
+              parsed.data.spec?.parallelism ?? 1,
+              undefined,
+            ),
+          );
         } else zodProblems(checker, parsed.error);
         break;
       }
@@ -325,7 +390,10 @@ export function readResources(objects: readonly ManifestObject[]): ReadResult {
         const parsed = cronJobSchema.safeParse(clean);
         if (parsed.success) {
           const jobSpec = parsed.data.spec?.jobTemplate?.spec;
-          podSources.set(key, podSource('CronJob', meta, body, jobSpec?.template, jobSpec?.parallelism ?? 1, undefined));
+          podSources.set(
+            key,
+            podSource('CronJob', meta, body, jobSpec?.template, jobSpec?.parallelism ?? 1, undefined),
+          );
         } else zodProblems(checker, parsed.error);
         break;
       }
@@ -350,7 +418,11 @@ export function readResources(objects: readonly ManifestObject[]): ReadResult {
   }
   for (const [kind, count] of skipped) {
     diagnostics.push(
-      diagnostic('KMTLS_MANIFEST_SKIPPED_KIND', `skipped ${count} ${kind} object${count === 1 ? '' : 's'}: kmtls does not read this kind`, {}),
+      diagnostic(
+        'KMTLS_MANIFEST_SKIPPED_KIND',
+        `skipped ${count} ${kind} object${count === 1 ? '' : 's'}: kmtls does not read this kind`,
+        {},
+      ),
     );
   }
   return {
@@ -368,4 +440,3 @@ export function readResources(objects: readonly ManifestObject[]): ReadResult {
     skipped,
   };
 }
-

@@ -48,15 +48,21 @@ export function parseManifestText(text: string, file: string): ParsedText {
       value = doc.toJS({ maxAliasCount: 100 });
     } catch (err) {
       diagnostics.push(
-        diagnostic('KMTLS_MANIFEST_YAML', `broken YAML: ${file} (${(err as Error).message})`, { location: docLocation }),
+        diagnostic('KMTLS_MANIFEST_YAML', `broken YAML: ${file} (${(err as Error).message})`, {
+          location: docLocation,
+        }),
       );
       continue;
     }
     if (!isRecord(value)) {
       diagnostics.push(
-        diagnostic('KMTLS_MANIFEST_NOT_OBJECT', `not a Kubernetes object: a YAML document in ${file} is not a mapping`, {
-          location: docLocation,
-        }),
+        diagnostic(
+          'KMTLS_MANIFEST_NOT_OBJECT',
+          `not a Kubernetes object: a YAML document in ${file} is not a mapping`,
+          {
+            location: docLocation,
+          },
+        ),
       );
       continue;
     }
@@ -67,13 +73,21 @@ export function parseManifestText(text: string, file: string): ParsedText {
         const itemLocation = nodeStart(node, at) ?? docLocation;
         if (!isRecord(item)) {
           diagnostics.push(
-            diagnostic('KMTLS_MANIFEST_NOT_OBJECT', `not a Kubernetes object: items[${i}] of a ${kind} in ${file}`, {
-              location: itemLocation,
-            }),
+            diagnostic(
+              'KMTLS_MANIFEST_NOT_OBJECT',
+              `not a Kubernetes object: items[${i}] of a ${kind} in ${file}`,
+              {
+                location: itemLocation,
+              },
+            ),
           );
           return;
         }
-        objects.push({ body: item, location: itemLocation, locate: locatorFor(node as Node | undefined, at, itemLocation) });
+        objects.push({
+          body: item,
+          location: itemLocation,
+          locate: locatorFor(node as Node | undefined, at, itemLocation),
+        });
       });
       continue;
     }
@@ -91,13 +105,19 @@ function nodeStart(node: unknown, at: (offset: number) => SourceLocation): Sourc
  * Walks the YAML tree along a field path. Keys compare as strings, so `8080` in a path finds the
  * integer key 8080. A path that goes past what exists stops at the deepest node that does.
  */
-function locatorFor(root: Node | undefined, at: (offset: number) => SourceLocation, fallback: SourceLocation): Locator {
+function locatorFor(
+  root: Node | undefined,
+  at: (offset: number) => SourceLocation,
+  fallback: SourceLocation,
+): Locator {
   return (path) => {
     let node: unknown = root;
     let best = nodeStart(root, at) ?? fallback;
     for (const segment of path) {
       if (isMap(node)) {
-        const pair = node.items.find((p) => String(isScalar(p.key) ? p.key.value : p.key) === String(segment));
+        const pair = node.items.find(
+          (p) => String(isScalar(p.key) ? p.key.value : p.key) === String(segment),
+        );
         if (!pair) break;
         // Point at the key: that is the line a user edits.
         best = nodeStart(pair.key, at) ?? best;

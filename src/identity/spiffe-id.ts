@@ -53,7 +53,10 @@ function fail(rule: SpiffeIdRule, value: string, reason: string): SpiffeIdResult
 export function checkTrustDomain(td: string): { rule: SpiffeIdRule; reason: string } | undefined {
   if (td.length === 0) return { rule: 'MISSING_TRUST_DOMAIN', reason: 'the trust domain is empty' };
   if (td.length > MAX_TRUST_DOMAIN_CHARS) {
-    return { rule: 'TRUST_DOMAIN_TOO_LONG', reason: `the trust domain is longer than ${MAX_TRUST_DOMAIN_CHARS}` };
+    return {
+      rule: 'TRUST_DOMAIN_TOO_LONG',
+      reason: `the trust domain is longer than ${MAX_TRUST_DOMAIN_CHARS}`,
+    };
   }
   for (const ch of td) {
     if (ch === ':' || ch === '@') {
@@ -116,7 +119,11 @@ export function parseSpiffeId(value: string): SpiffeIdResult {
 /** The mesh identity of a workload: `spiffe://<td>/ns/<namespace>/sa/<serviceAccount>`. */
 export function meshIdentity(trustDomain: string, namespace: string, serviceAccount: string): SpiffeIdResult {
   if (namespace === '' || serviceAccount === '') {
-    return fail('NOT_MESH_FORM', `${namespace}/${serviceAccount}`, 'namespace and service account must be set');
+    return fail(
+      'NOT_MESH_FORM',
+      `${namespace}/${serviceAccount}`,
+      'namespace and service account must be set',
+    );
   }
   return parseSpiffeId(`${SCHEME}${trustDomain}/ns/${namespace}/sa/${serviceAccount}`);
 }

@@ -32,10 +32,17 @@ export interface LookupFailure {
 }
 
 /** Finds `NS/NAME`: a Pod of that name first, else a controller whose pod template stands for its pods. */
-export function findWorkload(snapshot: MeshSnapshot, target: string): { ok: true; workload: MeshWorkload } | LookupFailure {
+export function findWorkload(
+  snapshot: MeshSnapshot,
+  target: string,
+): { ok: true; workload: MeshWorkload } | LookupFailure {
   const slash = target.indexOf('/');
   if (slash <= 0 || slash === target.length - 1 || target.indexOf('/', slash + 1) !== -1) {
-    return { ok: false, code: 'KMTLS_EXPLAIN_BAD_TARGET', message: `not a NAMESPACE/NAME: ${JSON.stringify(target)}` };
+    return {
+      ok: false,
+      code: 'KMTLS_EXPLAIN_BAD_TARGET',
+      message: `not a NAMESPACE/NAME: ${JSON.stringify(target)}`,
+    };
   }
   const ns = target.slice(0, slash);
   const name = target.slice(slash + 1);
@@ -50,13 +57,17 @@ export function findWorkload(snapshot: MeshSnapshot, target: string): { ok: true
       message: `ambiguous workload: ${target} (${same.map((w) => w.kind).join(' and ')} share the name)`,
     };
   }
-  const inNs = snapshot.workloads.filter((w) => w.meta.namespace === ns).map((w) => `${w.kind} ${w.meta.name}`);
+  const inNs = snapshot.workloads
+    .filter((w) => w.meta.namespace === ns)
+    .map((w) => `${w.kind} ${w.meta.name}`);
   return {
     ok: false,
     code: 'KMTLS_EXPLAIN_NOT_FOUND',
     message:
       `no workload ${target} in the manifests` +
-      (inNs.length > 0 ? ` (namespace ${ns} has: ${inNs.slice(0, 10).join(', ')})` : ` (namespace ${ns} has no workloads)`),
+      (inNs.length > 0
+        ? ` (namespace ${ns} has: ${inNs.slice(0, 10).join(', ')})`
+        : ` (namespace ${ns} has no workloads)`),
   };
 }
 
@@ -99,10 +110,15 @@ export interface PodExplanation {
   readonly notes: readonly string[];
 }
 
-function servicePortsTo(snapshot: MeshSnapshot, w: MeshWorkload, port: number): { service: string; port: number }[] {
+function servicePortsTo(
+  snapshot: MeshSnapshot,
+  w: MeshWorkload,
+  port: number,
+): { service: string; port: number }[] {
   const out: { service: string; port: number }[] = [];
   for (const s of servicesOf(w, snapshot.services)) {
-    for (const sp of s.ports) if (targetPortOf(sp, w) === port) out.push({ service: refName(s.meta), port: sp.port });
+    for (const sp of s.ports)
+      if (targetPortOf(sp, w) === port) out.push({ service: refName(s.meta), port: sp.port });
   }
   return out;
 }
@@ -117,7 +133,10 @@ export function orderAssumption(refs: readonly ObjectRef[]): string | undefined 
 }
 
 export function explainPod(snapshot: MeshSnapshot, w: MeshWorkload, port?: number): PodExplanation {
-  const r = resolveInboundMtls(snapshot.peerAuthentications, { namespace: w.meta.namespace, labels: w.meta.labels });
+  const r = resolveInboundMtls(snapshot.peerAuthentications, {
+    namespace: w.meta.namespace,
+    labels: w.meta.labels,
+  });
   const ports: PortExplanation[] = w.ports.map((p) => ({
     ...modeForPort(r, p.port),
     name: p.name,
@@ -127,7 +146,13 @@ export function explainPod(snapshot: MeshSnapshot, w: MeshWorkload, port?: numbe
   }));
   for (const [p, entry] of r.portLevel) {
     if (!w.ports.some((d) => d.port === p)) {
-      ports.push({ ...entry, name: undefined, container: undefined, isDeclared: false, services: servicePortsTo(snapshot, w, p) });
+      ports.push({
+        ...entry,
+        name: undefined,
+        container: undefined,
+        isDeclared: false,
+        services: servicePortsTo(snapshot, w, p),
+      });
     }
   }
   const notes: string[] = [];
@@ -142,11 +167,15 @@ export function explainPod(snapshot: MeshSnapshot, w: MeshWorkload, port?: numbe
           `PeerAuthentication works on container ports: see --port ${mapped.target}`,
       );
     } else {
-      notes.push(`port ${port} is not a declared container port; the mode shown applies if the application listens there`);
+      notes.push(
+        `port ${port} is not a declared container port; the mode shown applies if the application listens there`,
+      );
     }
   }
   if (!w.membership.inMesh) {
-    notes.push(`no sidecar (${w.membership.reason}): nothing enforces this mode, every port accepts whatever the application accepts`);
+    notes.push(
+      `no sidecar (${w.membership.reason}): nothing enforces this mode, every port accepts whatever the application accepts`,
+    );
   }
   const relevant = [r.meshPolicy, r.namespacePolicy, r.workloadPolicy]
     .filter((p) => p !== undefined)
@@ -197,7 +226,14 @@ export function explainPod(snapshot: MeshSnapshot, w: MeshWorkload, port?: numbe
 }
 
 export interface EdgeExplanation {
-  readonly source: { readonly kind: string; readonly namespace: string; readonly name: string; readonly inMesh: boolean; readonly meshReason: string; readonly identity: string | undefined };
+  readonly source: {
+    readonly kind: string;
+    readonly namespace: string;
+    readonly name: string;
+    readonly inMesh: boolean;
+    readonly meshReason: string;
+    readonly identity: string | undefined;
+  };
   readonly host: string;
   readonly port: number;
   readonly service: string | undefined;
@@ -215,7 +251,9 @@ export function resolveHost(
   const h = host.replace(/\.$/, '');
   const parts = h.split('.');
   const candidates =
-    parts.length === 1 ? [`${h}.${clientNamespace}.svc.${domain}`] : [h, `${h}.svc.${domain}`, `${h}.${domain}`];
+    parts.length === 1
+      ? [`${h}.${clientNamespace}.svc.${domain}`]
+      : [h, `${h}.svc.${domain}`, `${h}.${domain}`];
   for (const c of candidates) {
     const service = snapshot.services.find((s) => serviceHosts(s, domain)[0] === c);
     if (service) return { fqdn: c, service };
@@ -230,7 +268,12 @@ export function explainEdge(
   subset?: string,
 ): { ok: true; explanation: EdgeExplanation } | LookupFailure {
   const m = /^(.+):([0-9]{1,5})$/.exec(hostPort);
-  if (!m) return { ok: false, code: 'KMTLS_EXPLAIN_BAD_TARGET', message: `not a HOST:PORT: ${JSON.stringify(hostPort)}` };
+  if (!m)
+    return {
+      ok: false,
+      code: 'KMTLS_EXPLAIN_BAD_TARGET',
+      message: `not a HOST:PORT: ${JSON.stringify(hostPort)}`,
+    };
   const port = Number(m[2]);
   const { fqdn, service } = resolveHost(snapshot, source.meta.namespace, m[1]!);
   const notes: string[] = [];
@@ -245,7 +288,10 @@ export function explainEdge(
       };
     }
     endpoints = endpointsOf(service, sp, snapshot.workloads) as { workload: MeshWorkload; port: number }[];
-    if (service.selector === undefined) notes.push(`Service ${refName(service.meta)} has no selector: its endpoints are not known from the manifests`);
+    if (service.selector === undefined)
+      notes.push(
+        `Service ${refName(service.meta)} has no selector: its endpoints are not known from the manifests`,
+      );
   } else {
     notes.push(`${fqdn} is not a Service in the manifests: treated as a destination outside the mesh`);
   }
@@ -256,10 +302,21 @@ export function explainEdge(
       autoMtls: snapshot.options.autoMtls,
     },
     {
-      source: { ref: refOf(source.kind, source.meta), namespace: source.meta.namespace, labels: source.meta.labels, inMesh: source.membership.inMesh },
+      source: {
+        ref: refOf(source.kind, source.meta),
+        namespace: source.meta.namespace,
+        labels: source.meta.labels,
+        inMesh: source.membership.inMesh,
+      },
       host: fqdn,
       servicePort: port,
-      service: service ? { ref: refOf('Service', service.meta), namespace: service.meta.namespace, headless: service.headless } : undefined,
+      service: service
+        ? {
+            ref: refOf('Service', service.meta),
+            namespace: service.meta.namespace,
+            headless: service.headless,
+          }
+        : undefined,
       subset,
       endpoints,
     },

@@ -19,11 +19,16 @@ export const ISTIO_INJECTION_LABEL = 'istio-injection';
  * 5. the pod opts in: `sidecar.istio.io/inject: "true"`.
  * Anything else is outside the mesh, and the reason says what to change.
  */
-export function decideMembership(source: PodSource, namespace: NamespaceResource | undefined): MeshMembership {
+export function decideMembership(
+  source: PodSource,
+  namespace: NamespaceResource | undefined,
+): MeshMembership {
   const labels = source.podLabels;
   const annotations = source.podAnnotations;
   if (labels[TLS_MODE_LABEL] === 'istio') return { inMesh: true, reason: `labelled ${TLS_MODE_LABEL}=istio` };
-  const sidecar = source.containers.find((c) => c.name === SIDECAR_CONTAINER || c.name === ISTIO_SIDECAR_CONTAINER);
+  const sidecar = source.containers.find(
+    (c) => c.name === SIDECAR_CONTAINER || c.name === ISTIO_SIDECAR_CONTAINER,
+  );
   if (sidecar) return { inMesh: true, reason: `has the ${sidecar.name} sidecar container` };
   if (source.hostNetwork) return { inMesh: false, reason: 'uses hostNetwork, where no sidecar is injected' };
   const podChoice = labels[INJECT_LABEL] ?? annotations[INJECT_LABEL];
@@ -43,7 +48,10 @@ export function decideMembership(source: PodSource, namespace: NamespaceResource
       reason: `namespace ${ns} is not among the manifests, so it is not known to be labelled ${KMTLS_INJECTION_LABEL}=enabled`,
     };
   }
-  return { inMesh: false, reason: `namespace ${ns} is not labelled ${KMTLS_INJECTION_LABEL}=enabled (or ${ISTIO_INJECTION_LABEL}=enabled)` };
+  return {
+    inMesh: false,
+    reason: `namespace ${ns} is not labelled ${KMTLS_INJECTION_LABEL}=enabled (or ${ISTIO_INJECTION_LABEL}=enabled)`,
+  };
 }
 
 function namespaceInjection(meta: ObjectMeta | undefined): 'enabled' | 'disabled' | undefined {

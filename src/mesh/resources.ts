@@ -1,4 +1,10 @@
-import type { DestinationRule, ObjectMeta, PeerAuthentication, RejectedPolicy, Service } from '../policy/index.js';
+import type {
+  DestinationRule,
+  ObjectMeta,
+  PeerAuthentication,
+  RejectedPolicy,
+  Service,
+} from '../policy/index.js';
 
 /**
  * What the mesh is made of, as read from manifests or a cluster: the input of `buildMeshSnapshot`.

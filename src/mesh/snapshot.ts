@@ -17,7 +17,13 @@ import {
   indexPeerAuthentications,
 } from '../policy/index.js';
 import { decideMembership, SIDECAR_CONTAINER, TLS_MODE_LABEL } from './membership.js';
-import type { ContainerSpec, MeshResources, NamespaceResource, PodSource, WorkloadEntryResource } from './resources.js';
+import type {
+  ContainerSpec,
+  MeshResources,
+  NamespaceResource,
+  PodSource,
+  WorkloadEntryResource,
+} from './resources.js';
 
 export interface MeshOptions {
   /** meshConfig.rootNamespace; Istio's default is istio-system. */
@@ -89,7 +95,11 @@ function ownedElsewhere(sources: readonly PodSource[]): Set<PodSource> {
   return shadowed;
 }
 
-function fromPodSource(source: PodSource, namespace: NamespaceResource | undefined, opts: MeshOptions): MeshWorkload {
+function fromPodSource(
+  source: PodSource,
+  namespace: NamespaceResource | undefined,
+  opts: MeshOptions,
+): MeshWorkload {
   const membership = decideMembership(source, namespace);
   const identity = meshIdentity(opts.trustDomain, source.meta.namespace, source.serviceAccount);
   return {
@@ -102,7 +112,10 @@ function fromPodSource(source: PodSource, namespace: NamespaceResource | undefin
     replicas: source.replicas,
     containers: source.containers,
     identity: identity.ok ? identity.id : undefined,
-    template: source.kind === 'Pod' ? undefined : `the pod template of ${source.kind} ${source.meta.namespace}/${source.meta.name}`,
+    template:
+      source.kind === 'Pod'
+        ? undefined
+        : `the pod template of ${source.kind} ${source.meta.namespace}/${source.meta.name}`,
   };
 }
 
@@ -110,7 +123,10 @@ function fromWorkloadEntry(entry: WorkloadEntryResource, opts: MeshOptions): Mes
   const inMesh = entry.labels[TLS_MODE_LABEL] === 'istio';
   const membership: MeshMembership = inMesh
     ? { inMesh: true, reason: `WorkloadEntry labelled ${TLS_MODE_LABEL}=istio` }
-    : { inMesh: false, reason: `WorkloadEntry without label ${TLS_MODE_LABEL}=istio (no sidecar on that host)` };
+    : {
+        inMesh: false,
+        reason: `WorkloadEntry without label ${TLS_MODE_LABEL}=istio (no sidecar on that host)`,
+      };
   const identity = meshIdentity(opts.trustDomain, entry.meta.namespace, entry.serviceAccount);
   return {
     kind: 'WorkloadEntry',
@@ -136,7 +152,9 @@ export function buildMeshSnapshot(
   const namespaces = new Map(resources.namespaces.map((n) => [n.meta.name, n]));
   const shadowed = ownedElsewhere(resources.podSources);
   const workloads: MeshWorkload[] = [
-    ...resources.podSources.filter((s) => !shadowed.has(s)).map((s) => fromPodSource(s, namespaces.get(s.meta.namespace), opts)),
+    ...resources.podSources
+      .filter((s) => !shadowed.has(s))
+      .map((s) => fromPodSource(s, namespaces.get(s.meta.namespace), opts)),
     ...resources.workloadEntries.map((e) => fromWorkloadEntry(e, opts)),
   ];
   return {
@@ -151,7 +169,11 @@ export function buildMeshSnapshot(
       opts.rootNamespace,
       resources.rejectedPeerAuthentications,
     ),
-    destinationRules: indexDestinationRules(resources.destinationRules, opts.rootNamespace, opts.clusterDomain),
+    destinationRules: indexDestinationRules(
+      resources.destinationRules,
+      opts.rootNamespace,
+      opts.clusterDomain,
+    ),
   };
 }
 
@@ -180,7 +202,9 @@ export function discoverCallers(snapshot: MeshSnapshot): CallerFact[] {
     const seen = new Set<string>();
     for (const c of w.containers) {
       const texts: { text: string; via: string }[] = [
-        ...c.env.filter((e) => e.value !== undefined).map((e) => ({ text: e.value ?? '', via: `env ${e.name} of container ${c.name}` })),
+        ...c.env
+          .filter((e) => e.value !== undefined)
+          .map((e) => ({ text: e.value ?? '', via: `env ${e.name} of container ${c.name}` })),
         ...c.command.map((t) => ({ text: t, via: `command of container ${c.name}` })),
         ...c.args.map((t) => ({ text: t, via: `args of container ${c.name}` })),
       ];
@@ -197,7 +221,8 @@ export function discoverCallers(snapshot: MeshSnapshot): CallerFact[] {
           }
           if (!service) continue;
           if (service.selector && w.meta.namespace === service.meta.namespace && isSelf(w, service)) continue;
-          const servicePort = port !== undefined && service.ports.some((p) => p.port === port) ? port : undefined;
+          const servicePort =
+            port !== undefined && service.ports.some((p) => p.port === port) ? port : undefined;
           const key = `${service.meta.namespace}/${service.meta.name}:${servicePort ?? '*'}`;
           if (seen.has(key)) continue;
           seen.add(key);

@@ -291,14 +291,14 @@ function analyzeEdges(input: AnalysisInput): Diagnostic[] {
     autoMtls: input.autoMtls,
   };
   const clients = clientNamespaces(input);
-  const out = new Map<string, Diagnostic>();
+  // One finding per failing (rule, target, endpoint, outcome), naming every client namespace it hits.
+  const found = new Map<string, { decision: EdgeDecision; verdict: EndpointVerdict; service: Service; namespaces: string[] }>();
   const domain = input.destinationRules.clusterDomain;
   for (const service of input.services) {
     const host = `${service.meta.name}.${service.meta.namespace}.svc.${domain}`;
     for (const sp of service.ports) {
       const endpoints = endpointsOf(service, sp, input.workloads);
       for (const client of clients) {
-        const subsets: (string | undefined)[] = [undefined];
         const decisionFor = (subset: string | undefined): EdgeDecision =>
           decideEdge(ctx, {
             source: { ref: undefined, namespace: client.namespace, labels: client.labels, inMesh: true },
@@ -309,32 +309,49 @@ function analyzeEdges(input: AnalysisInput): Diagnostic[] {
             endpoints,
           });
         const base = decisionFor(undefined);
-        if (base.destinationRule) {
-          const rule = input.destinationRules.all.find(
-            (r) => r.meta.namespace === base.destinationRule?.rules[0]?.namespace && r.meta.name === base.destinationRule.rules[0]?.name,
-          );
-          for (const s of rule?.subsets ?? []) subsets.push(s.name);
-        }
-        for (const subset of subsets) {
-          const d = subset === undefined ? base : decisionFor(subset);
+        const subsets = [...(base.destinationRule ? subsetNames(input, base) : [])];
+        for (const d of [base, ...subsets.map(decisionFor)]) {
           for (const ev of d.endpoints) {
             if (ev.verdict !== 'fails') continue;
-            const finding = edgeFinding(d, ev, service, client.namespace);
-            const key = `${finding.code}|${finding.message}`;
-            if (!out.has(key)) out.set(key, finding);
+            const key = [
+              d.destinationRule?.rules.map(refName).join('+') ?? '',
+              d.host,
+              d.servicePort,
+              d.subset ?? '',
+              refName(ev.workload),
+              ev.port,
+              ev.clientTls,
+              ev.code,
+            ].join('|');
+            const entry = found.get(key);
+            if (entry) {
+              if (!entry.namespaces.includes(client.namespace)) entry.namespaces.push(client.namespace);
+            } else {
+              found.set(key, { decision: d, verdict: ev, service, namespaces: [client.namespace] });
+            }
           }
         }
       }
     }
   }
-  return [...out.values()];
+  return [...found.values()].map((f) => edgeFinding(f.decision, f.verdict, f.service, f.namespaces));
 }
 
-function edgeFinding(d: EdgeDecision, ev: EndpointVerdict, service: Service, clientNamespace: string): Diagnostic {
+function subsetNames(input: AnalysisInput, d: EdgeDecision): string[] {
+  const first = d.destinationRule?.rules[0];
+  const rule = input.destinationRules.all.find((r) => r.meta.namespace === first?.namespace && r.meta.name === first?.name);
+  return rule?.subsets.map((s) => s.name) ?? [];
+}
+
+function edgeFinding(d: EdgeDecision, ev: EndpointVerdict, service: Service, clientNamespaces: readonly string[]): Diagnostic {
   const target = `${d.host}:${d.servicePort}${d.subset ? ` (subset ${d.subset})` : ''}`;
   const serverPolicy = [...ev.serverChain].reverse().find((s) => s.effect === 'sets' && s.policy)?.policy;
-  const server = `${ev.workload.kind} ${refName(ev.workload)} port ${ev.port} is ${ev.serverMode === 'NO_SIDECAR' ? 'without sidecar' : ev.serverMode}`;
+  const server =
+    ev.serverMode === 'NO_SIDECAR'
+      ? `${ev.workload.kind} ${refName(ev.workload)} has no sidecar`
+      : `${ev.workload.kind} ${refName(ev.workload)} port ${ev.port} is ${ev.serverMode}`;
   const fromRule = d.clusterTls.tls !== undefined || /DestinationRule/.test(ev.clientTlsReason);
+  const clients = `mesh clients in namespace${clientNamespaces.length === 1 ? '' : 's'} ${clientNamespaces.join(', ')}`;
   const objects: ObjectRef[] = [
     ...(d.destinationRule?.rules ?? []),
     refOf('Service', service.meta),
@@ -344,8 +361,7 @@ function edgeFinding(d: EdgeDecision, ev: EndpointVerdict, service: Service, cli
   if (fromRule && d.destinationRule) {
     return diagnostic(
       'KMTLS_ANALYZE_DR_TLS_CONFLICT',
-      `mesh clients${clientNamespace ? ` in namespace ${clientNamespace}` : ''} calling ${target} send ${ev.clientTls} ` +
-        `(${ev.clientTlsReason}) but ${server}: ${ev.code}`,
+      `${clients} calling ${target} send ${ev.clientTls} (${ev.clientTlsReason}) but ${server}: ${ev.code}`,
       {
         objects,
         ...(ev.code === 'MTLS_TO_NON_MESH_WORKLOAD' ? { istioCode: 'IST0115' } : {}),
@@ -358,7 +374,7 @@ function edgeFinding(d: EdgeDecision, ev: EndpointVerdict, service: Service, cli
   }
   return diagnostic(
     'KMTLS_ANALYZE_AUTO_MTLS_LIMITATION',
-    `mesh clients calling ${target} send ${ev.clientTls} (${ev.clientTlsReason}) but ${server}: ${ev.code}`,
+    `${clients} calling ${target} send ${ev.clientTls} (${ev.clientTlsReason}) but ${server}: ${ev.code}`,
     { objects, hint: 'add a DestinationRule for the host with tls.mode ISTIO_MUTUAL, or make the namespace-wide mode match' },
   );
 }

@@ -234,7 +234,10 @@ export function resolveInboundMtls(index: PeerAuthenticationIndex, workload: Wor
       });
     }
   }
-  for (const r of entry.rejected) {
+  // A rejected policy in the root namespace would have been mesh-wide (or an ignored root selector
+  // policy): it concerns workloads in every namespace, and `entry` never holds the root's.
+  const rootRejected = index.namespaces.get(index.rootNamespace)?.rejected ?? [];
+  for (const r of [...entry.rejected, ...rootRejected]) {
     if (r.selector === undefined || !hasLabels(r.selector) || selectorMatches(r.selector, workload.labels)) {
       ignored.push({
         policy: r.policy,

@@ -23,7 +23,7 @@ function checkMode(c: Checker, value: unknown, path: Path): MtlsMode | undefined
     'KMTLS_PA_INVALID_MODE',
     path,
     `unsupported mTLS mode: ${JSON.stringify(s)} (supported values: ${MTLS_MODES.join(', ')}; case-sensitive)`,
-    near ? { hint: `write ${near}` } : { istioCode: 'IST0106' },
+    near ? { hint: `write ${near}` } : {},
   );
   return undefined;
 }
