@@ -412,7 +412,7 @@ function analyzeCallers(input: AnalysisInput): Diagnostic[] {
         out.push(
           diagnostic(
             'KMTLS_ANALYZE_CALLER_OUTSIDE_MESH',
-            `${who} calls ${what} (${caller.via}) with plaintext: it works now (PERMISSIVE) but breaks if ${describeWorkloads(permissive)} switch to STRICT`,
+            `${who} calls ${what} (${caller.via}) with plaintext: it works now (PERMISSIVE) but breaks when ${describeWorkloads(permissive)} turns STRICT`,
             { objects: [wlRef(caller.source), svcRef(caller.service), ...permissive.map(wlRef)] },
           ),
         );

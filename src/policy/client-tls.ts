@@ -212,7 +212,11 @@ export function decideEdge(ctx: EdgeContext, query: EdgeQuery): EdgeDecision {
   let serviceMtlsMode: ResolvedMtlsMode | 'UNKNOWN';
   if (service === undefined) {
     serviceMtlsMode = 'UNKNOWN';
-  } else if (passthrough && (endpoints.length === 0 || endpoints.some((e) => !e.workload.membership.inMesh))) {
+  } else if (
+    // Istio's ServiceEndpointsByPort(service, port, nil): every endpoint of the port, not the subset's.
+    passthrough &&
+    (query.endpoints.length === 0 || query.endpoints.some((e) => !e.workload.membership.inMesh))
+  ) {
     serviceMtlsMode = 'DISABLE';
   } else {
     const m = namespaceMtlsMode(ctx.peerAuthentications, service.namespace);

@@ -1,3 +1,4 @@
+import { isIP } from 'node:net';
 import { selectorMatches } from './labels.js';
 import type { ClientTlsMode, ClientTlsSettings, DestinationRule, ObjectRef, TrafficPolicy } from './model.js';
 import { refOf } from './model.js';
@@ -8,7 +9,8 @@ export const DEFAULT_CLUSTER_DOMAIN = 'cluster.local';
 /**
  * Several DestinationRules for the same host in one namespace, merged as Istio's
  * `mergeDestinationRule` does: the oldest rule's trafficPolicy wins whole (no field merge), subsets
- * are united (the first of a name wins). A rule with a workloadSelector stays on its own.
+ * are united (the first of a name wins). A rule with a workloadSelector makes its own entry, into
+ * which later rules with the same selector and every rule without selector are merged.
  */
 export interface MergedDestinationRule {
   readonly host: string;
@@ -38,7 +40,8 @@ export interface DestinationRuleIndex {
 
 /** Istio's `ResolveShortnameToFQDN`: only a name without dots is completed with the rule's namespace. */
 export function resolveRuleHost(host: string, namespace: string, clusterDomain: string): string {
-  if (host === '*' || host.includes('.') || /^[0-9a-f:]+$/i.test(host)) return host;
+  // Istio skips only real IP addresses (`net.ParseIP`): `db`, `cafe` or `123` are short names.
+  if (host === '*' || host.includes('.') || isIP(host) !== 0) return host;
   return `${host}.${namespace}.svc.${clusterDomain}`;
 }
 
@@ -46,17 +49,29 @@ function newTable(): HostTable {
   return { exact: new Map(), wildcard: new Map() };
 }
 
+/**
+ * Istio's `mergeDestinationRule`. Rules arrive selector-first, then oldest first. A rule without
+ * selector is merged into every entry already there — the other catch-all and each selector
+ * entry, whose own trafficPolicy and subsets come first — and stands on its own only if no
+ * catch-all exists yet. A selector rule merges only into the entry with the same selector.
+ */
 function addToTable(table: HostTable, rule: DestinationRule, host: string): void {
   const map = host.startsWith('*') ? table.wildcard : table.exact;
   const list = map.get(host) ?? [];
   const selector = rule.workloadSelector?.matchLabels;
-  const existing = selector === undefined ? list.find((m) => m.selector === undefined) : undefined;
-  if (existing === undefined) {
-    list.push(merged(host, rule, [rule]));
-  } else {
-    list[list.indexOf(existing)] = merged(host, rule, [...existing.rules, rule]);
-  }
+  let isNewEntry = true;
+  list.forEach((existing, i) => {
+    if (selector !== undefined && existing.selector !== undefined && !sameLabels(selector, existing.selector)) return;
+    if (selector === undefined ? existing.selector === undefined : existing.selector !== undefined) isNewEntry = false;
+    list[i] = merged(existing.host, existing.rules[0]!, [...existing.rules, rule]);
+  });
+  if (isNewEntry) list.push(merged(host, rule, [rule]));
   map.set(host, list);
+}
+
+function sameLabels(a: Readonly<Record<string, string>>, b: Readonly<Record<string, string>>): boolean {
+  const keys = Object.keys(a);
+  return keys.length === Object.keys(b).length && keys.every((k) => b[k] === a[k]);
 }
 
 function merged(host: string, first: DestinationRule, rules: DestinationRule[]): MergedDestinationRule {

@@ -34,7 +34,8 @@ const TLS_FIELDS = [
   'insecureSkipVerify',
   'caCrl',
 ];
-const DNS1123_LABEL = /^[a-z0-9]([-a-z0-9]*[a-z0-9])?$/;
+// Istio's labels.IsDNS1123Label: upper case allowed, at most 63 characters.
+const DNS1123_LABEL = /^[a-zA-Z0-9]([-a-zA-Z0-9]{0,61}[a-zA-Z0-9])?$/;
 
 /** Istio's `ValidateWildcardDomain`: a DNS name whose first label alone may be `*`. */
 export function checkWildcardDomain(host: string): string | undefined {
@@ -43,6 +44,8 @@ export function checkWildcardDomain(host: string): string | undefined {
   if (host === '*') return undefined;
   const labels = host.split('.');
   for (const [i, label] of labels.entries()) {
+    // Istio's ValidateDNS1123Labels allows a trailing dot (`istio.io.`).
+    if (i > 0 && i === labels.length - 1 && label === '') continue;
     if (i === 0 && (label === '*' || (label.startsWith('*') && label.length > 1 && /^\*[-a-z0-9]*$/i.test(label)))) continue;
     if (!/^[A-Za-z0-9]([-A-Za-z0-9]{0,61}[A-Za-z0-9])?$/.test(label)) {
       return `domain name ${JSON.stringify(host)} invalid (label ${JSON.stringify(label)} invalid)`;

@@ -2,7 +2,7 @@ import type { Diagnostic } from './diagnostics.js';
 import type { MtlsMode, PeerAuthentication, WorkloadSelector } from './model.js';
 import { MTLS_MODES } from './model.js';
 import type { Path, RawResource } from './raw.js';
-import { Checker } from './raw.js';
+import { Checker, isRecord } from './raw.js';
 
 export interface Validated<T> {
   /** Undefined when the API server would refuse the object. */
@@ -54,7 +54,10 @@ export function checkWorkloadSelector(c: Checker, value: unknown, path: Path): W
       c.report('KMTLS_SELECTOR_VALUE_TOO_LONG', at, `selector value too long: "${k}" has ${v.length} characters (at most ${MAX_LABEL_VALUE})`);
     }
   }
-  if (keys.length === 0) {
+  // Judged on the manifest, not on the labels that survived type checks: `version: 1` is a label
+  // given with the wrong type (already an error), not a selector without labels.
+  const given = sel.matchLabels;
+  if (given === undefined || given === null || (isRecord(given) && Object.keys(given).length === 0)) {
     c.report('KMTLS_SELECTOR_NO_LABELS', path, 'workload selector specified without labels (the policy applies to the whole namespace)', {
       istioCode: 'IST0133',
       hint: 'remove the selector, or give it matchLabels',
