@@ -3,7 +3,7 @@ import type { LookupFailure, MeshSnapshot, MeshWorkload } from '../mesh/index.js
 import { explainEdge, explainPod, findWorkload } from '../mesh/index.js';
 import { hasErrors } from '../policy/index.js';
 import { MANIFEST_OPTIONS, manifestFlags, parseCommandArgs, parsePort } from './args.js';
-import { formatEdgeExplanation, formatPodExplanation, summarize } from './format.js';
+import { formatEdgeExplanation, formatPodExplanation, summarize, toJson } from './format.js';
 import type { CommandIo } from './io.js';
 import { loadSnapshot } from './load.js';
 
@@ -64,7 +64,7 @@ export async function runExplain(argv: readonly string[], io: CommandIo): Promis
     const explanation = explainPod(loaded.snapshot, workload(loaded.snapshot, rest[0]!), port);
     io.stdout(
       flags.output === 'json'
-        ? `${JSON.stringify(explanation, null, 2)}\n`
+        ? toJson(explanation)
         : formatPodExplanation(explanation),
     );
     return 0;
@@ -73,7 +73,7 @@ export async function runExplain(argv: readonly string[], io: CommandIo): Promis
   const { explanation } = unwrap(explainEdge(loaded.snapshot, source, rest[1]!, values.subset));
   io.stdout(
     flags.output === 'json'
-      ? `${JSON.stringify(explanation, null, 2)}\n`
+      ? toJson(explanation)
       : formatEdgeExplanation(explanation),
   );
   return 0;

@@ -119,7 +119,7 @@ export function formatPodExplanation(x: PodExplanation): string {
 }
 
 export function formatEdgeExplanation(x: EdgeExplanation): string {
-  const d = x.decision;
+  const d = x;
   const out: string[] = [];
   out.push(
     `${x.source.kind} ${x.source.namespace}/${x.source.name} -> ${x.host}:${x.port}${d.subset ? ` (subset ${d.subset})` : ''}` +
@@ -151,7 +151,7 @@ export function formatEdgeExplanation(x: EdgeExplanation): string {
     out.push('Endpoints:');
     for (const e of d.endpoints) {
       out.push(
-        `  ${e.workload.kind} ${refName(e.workload)} port ${e.port}: client ${e.clientTls}, server ${e.serverMode} => ${e.verdict.toUpperCase()} (${e.code})`,
+        `  ${e.kind} ${e.pod} port ${e.port}: client ${e.clientTls}, server ${e.serverMode} => ${e.verdict.toUpperCase()} (${e.code})`,
       );
       out.push(`      client: ${e.clientTlsReason}`);
       const decider = [...e.serverChain].reverse().find((s) => s.effect === 'sets' && s.policy);
@@ -169,4 +169,9 @@ export function formatEdgeExplanation(x: EdgeExplanation): string {
     for (const n of x.notes) out.push(`  - ${n}`);
   }
   return `${out.join('\n')}\n`;
+}
+
+/** JSON output: absent values are `null`, so every documented key is always present. */
+export function toJson(value: unknown): string {
+  return `${JSON.stringify(value, (_key, v: unknown) => (v === undefined ? null : v), 2)}\n`;
 }

@@ -1,7 +1,7 @@
 import type { Diagnostic } from '../policy/index.js';
 import { hasErrors, sortDiagnostics } from '../policy/index.js';
 import { MANIFEST_OPTIONS, manifestFlags, parseCommandArgs } from './args.js';
-import { formatDiagnostic, summarize } from './format.js';
+import { formatDiagnostic, summarize, toJson } from './format.js';
 import type { CommandIo } from './io.js';
 import { loadSnapshot } from './load.js';
 
@@ -20,7 +20,7 @@ export function printDiagnostics(
 ): void {
   const sorted = sortDiagnostics(list);
   if (output === 'json') {
-    io.stdout(`${JSON.stringify({ valid: !hasErrors(sorted), files, diagnostics: sorted }, null, 2)}\n`);
+    io.stdout(toJson({ valid: !hasErrors(sorted), files, diagnostics: sorted }));
     return;
   }
   for (const d of sorted) io.stdout(`${formatDiagnostic(d)}\n`);

@@ -1,6 +1,7 @@
 import type {
   ChainStep,
   EdgeDecision,
+  EndpointVerdict,
   IgnoredPolicy,
   NonMatchingPolicy,
   ObjectRef,
@@ -225,6 +226,14 @@ export function explainPod(snapshot: MeshSnapshot, w: MeshWorkload, port?: numbe
   };
 }
 
+/** One endpoint's outcome, as `explain edge -o json` prints it. */
+export interface EdgeEndpointExplanation extends Omit<EndpointVerdict, 'workload'> {
+  /** `namespace/name` of the Pod (or of the controller whose template stands for its pods). */
+  readonly pod: string;
+  readonly kind: string;
+  readonly location: ObjectRef['location'];
+}
+
 export interface EdgeExplanation {
   readonly source: {
     readonly kind: string;
@@ -237,7 +246,14 @@ export interface EdgeExplanation {
   readonly host: string;
   readonly port: number;
   readonly service: string | undefined;
-  readonly decision: EdgeDecision;
+  readonly subset: string | undefined;
+  readonly destinationRule: EdgeDecision['destinationRule'];
+  readonly clusterTls: EdgeDecision['clusterTls'];
+  readonly serviceMtlsMode: EdgeDecision['serviceMtlsMode'];
+  readonly passthrough: boolean;
+  /** Set when the edge fails before any endpoint is chosen (unknown subset, no endpoints). */
+  readonly problem: EdgeDecision['problem'];
+  readonly endpoints: readonly EdgeEndpointExplanation[];
   readonly notes: readonly string[];
 }
 
@@ -335,7 +351,18 @@ export function explainEdge(
       host: fqdn,
       port,
       service: service ? refName(service.meta) : undefined,
-      decision,
+      subset,
+      destinationRule: decision.destinationRule,
+      clusterTls: decision.clusterTls,
+      serviceMtlsMode: decision.serviceMtlsMode,
+      passthrough: decision.passthrough,
+      problem: decision.problem,
+      endpoints: decision.endpoints.map(({ workload, ...rest }) => ({
+        pod: refName(workload),
+        kind: workload.kind,
+        location: workload.location,
+        ...rest,
+      })),
       notes,
     },
   };

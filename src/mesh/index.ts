@@ -1,4 +1,10 @@
-export type { EdgeExplanation, LookupFailure, PodExplanation, PortExplanation } from './explain.js';
+export type {
+  EdgeEndpointExplanation,
+  EdgeExplanation,
+  LookupFailure,
+  PodExplanation,
+  PortExplanation,
+} from './explain.js';
 export { explainEdge, explainPod, findWorkload, orderAssumption, resolveHost } from './explain.js';
 export {
   decideMembership,
