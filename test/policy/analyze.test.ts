@@ -40,7 +40,10 @@ test('the clean examples have no findings', async () => {
 });
 
 test('a selector that matches only in another namespace is an error naming the workloads there', async () => {
-  const [d, ...rest] = byCode(await findings('examples/wrong-namespace'), 'KMTLS_ANALYZE_SELECTOR_MATCHES_OTHER_NAMESPACE');
+  const [d, ...rest] = byCode(
+    await findings('examples/wrong-namespace'),
+    'KMTLS_ANALYZE_SELECTOR_MATCHES_OTHER_NAMESPACE',
+  );
   assert.equal(rest.length, 0);
   assert.deepEqual(names(d), ['PeerAuthentication default/orders-strict', 'Deployment store/orders']);
   assert.equal(d?.hint, 'move it to namespace store');
@@ -56,7 +59,11 @@ test('a portLevelMtls key that is a Service port names the targetPort meant', as
   assert.ok(d);
   assert.equal(d.severity, 'error');
   assert.equal(d.hint, 'use the container port: portLevelMtls key 80');
-  assert.deepEqual(names(d), ['PeerAuthentication apps/api-ports', 'Service apps/api', 'Deployment apps/api']);
+  assert.deepEqual(names(d), [
+    'PeerAuthentication apps/api-ports',
+    'Service apps/api',
+    'Deployment apps/api',
+  ]);
   // Located at the key itself, the line to edit.
   assert.equal(d.location?.line, 40);
 });
@@ -70,18 +77,27 @@ test('a portLevelMtls key that is no declared port is a warning, not an error', 
 test('competing mesh- and namespace-wide policies say which one applies', async () => {
   const all = await fixture;
   const [mesh] = byCode(all, 'KMTLS_ANALYZE_CONFLICTING_MESH_POLICIES');
-  assert.deepEqual(names(mesh), ['PeerAuthentication istio-system/default', 'PeerAuthentication istio-system/strict-everywhere']);
+  assert.deepEqual(names(mesh), [
+    'PeerAuthentication istio-system/default',
+    'PeerAuthentication istio-system/strict-everywhere',
+  ]);
   const [namespace] = byCode(all, 'KMTLS_ANALYZE_CONFLICTING_NAMESPACE_POLICIES');
   assert.deepEqual(names(namespace), ['PeerAuthentication apps/default', 'PeerAuthentication apps/lockdown']);
 });
 
 test('overlapping workload policies name the winner first, then the ignored one and the workload', async () => {
   const [d] = byCode(await fixture, 'KMTLS_ANALYZE_OVERLAPPING_WORKLOAD_POLICIES');
-  assert.deepEqual(names(d), ['PeerAuthentication apps/api-ports', 'PeerAuthentication apps/tier-backend', 'Deployment apps/api']);
+  assert.deepEqual(names(d), [
+    'PeerAuthentication apps/api-ports',
+    'PeerAuthentication apps/tier-backend',
+    'Deployment apps/api',
+  ]);
 });
 
 test('a selector policy in the root namespace is reported as ignored', async () => {
-  assert.deepEqual(byCode(await fixture, 'KMTLS_ANALYZE_ROOT_NAMESPACE_SELECTOR').map(names), [['PeerAuthentication istio-system/api-strict']]);
+  assert.deepEqual(byCode(await fixture, 'KMTLS_ANALYZE_ROOT_NAMESPACE_SELECTOR').map(names), [
+    ['PeerAuthentication istio-system/api-strict'],
+  ]);
 });
 
 test('a namespace-wide policy where nothing runs is reported, with the kubectl -n hint for default', async () => {
@@ -94,19 +110,34 @@ test('a DestinationRule sending mTLS to a workload without sidecar is IST0115, f
   const conflicts = byCode(await fixture, 'KMTLS_ANALYZE_DR_TLS_CONFLICT');
   const cache = conflicts.filter((d) => d.istioCode === 'IST0115');
   assert.equal(cache.length, 1);
-  assert.deepEqual(names(cache[0]), ['DestinationRule apps/cache-mtls', 'Service apps/cache', 'Deployment apps/cache']);
+  assert.deepEqual(names(cache[0]), [
+    'DestinationRule apps/cache-mtls',
+    'Service apps/cache',
+    'Deployment apps/cache',
+  ]);
   assert.match(cache[0]?.message ?? '', /MTLS_TO_NON_MESH_WORKLOAD/);
 });
 
 test('a DestinationRule sending plaintext to a STRICT port names the deciding PeerAuthentication', async () => {
-  const [d] = byCode(await fixture, 'KMTLS_ANALYZE_DR_TLS_CONFLICT').filter((x) => /PLAINTEXT_REJECTED/.test(x.message));
-  assert.deepEqual(names(d), ['DestinationRule apps/api-plaintext', 'Service apps/api', 'Deployment apps/api', 'PeerAuthentication apps/api-ports']);
+  const [d] = byCode(await fixture, 'KMTLS_ANALYZE_DR_TLS_CONFLICT').filter((x) =>
+    /PLAINTEXT_REJECTED/.test(x.message),
+  );
+  assert.deepEqual(names(d), [
+    'DestinationRule apps/api-plaintext',
+    'Service apps/api',
+    'Deployment apps/api',
+    'PeerAuthentication apps/api-ports',
+  ]);
 });
 
 test('the auto-mTLS limitation (namespace DISABLE, workload STRICT) is an error suggesting a DestinationRule', async () => {
   const [d] = byCode(await fixture, 'KMTLS_ANALYZE_AUTO_MTLS_LIMITATION');
   assert.ok(d);
-  assert.deepEqual(names(d), ['Service legacy/vault', 'Pod legacy/vault-0', 'PeerAuthentication legacy/vault-strict']);
+  assert.deepEqual(names(d), [
+    'Service legacy/vault',
+    'Pod legacy/vault-0',
+    'PeerAuthentication legacy/vault-strict',
+  ]);
   assert.match(d.hint ?? '', /DestinationRule/);
 });
 
