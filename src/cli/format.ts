@@ -134,14 +134,22 @@ export function formatEdgeExplanation(x: EdgeExplanation): string {
   } else {
     out.push('  DestinationRule: none applies');
   }
-  if (!x.source.inMesh)
+  if (!x.source.inMesh) {
     out.push('  cluster TLS: none (the source has no sidecar; DestinationRules apply only to sidecars)');
-  else if (d.clusterTls.tls)
+  } else if (d.clusterTls.tls) {
     out.push(`  cluster TLS: ${d.clusterTls.tls.mode} from the ${d.clusterTls.level} level`);
-  else
-    out.push(
-      `  cluster TLS: auto mTLS (service namespace mode ${d.serviceMtlsMode}${d.passthrough ? ', passthrough/headless service' : ''})`,
-    );
+  } else if (!x.service) {
+    out.push('  cluster TLS: none (not a mesh service, so no auto mTLS)');
+  } else {
+    const headless = d.passthrough ? ', passthrough/headless service' : '';
+    out.push(`  cluster TLS: auto mTLS (service namespace mode ${d.serviceMtlsMode}${headless})`);
+  }
+  if (d.outside) {
+    out.push('');
+    out.push(`Outside the mesh: client ${d.outside.clientTls} => ${d.outside.verdict.toUpperCase()} (${d.outside.code})`);
+    out.push(`      client: ${d.outside.clientTlsReason}`);
+    out.push(`      ${d.outside.reason}`);
+  }
   if (d.problem) {
     out.push('');
     out.push(`FAILS: ${d.problem.code}: ${d.problem.message}`);

@@ -253,6 +253,8 @@ export interface EdgeExplanation {
   readonly passthrough: boolean;
   /** Set when the edge fails before any endpoint is chosen (unknown subset, no endpoints). */
   readonly problem: EdgeDecision['problem'];
+  /** For a host outside the mesh: what the client sends, and that the outcome depends on the server. */
+  readonly outside: EdgeDecision['outside'];
   readonly endpoints: readonly EdgeEndpointExplanation[];
   readonly notes: readonly string[];
 }
@@ -357,6 +359,7 @@ export function explainEdge(
       serviceMtlsMode: decision.serviceMtlsMode,
       passthrough: decision.passthrough,
       problem: decision.problem,
+      outside: decision.outside,
       endpoints: decision.endpoints.map(({ workload, ...rest }) => ({
         pod: refName(workload),
         kind: workload.kind,

@@ -90,6 +90,16 @@ export interface EdgeDecision {
   readonly endpoints: readonly EndpointVerdict[];
   /** Set when the edge fails before any endpoint is chosen. */
   readonly problem: { readonly code: VerdictCode; readonly message: string } | undefined;
+  /** For a host outside the mesh: what the client sends there, and that the outcome depends on the server. */
+  readonly outside:
+    | {
+        readonly clientTls: ClientTlsMode;
+        readonly clientTlsReason: string;
+        readonly verdict: Verdict;
+        readonly code: VerdictCode;
+        readonly reason: string;
+      }
+    | undefined;
 }
 
 /** What happens when a client sending `clientTls` meets a server in `serverMode`. */
@@ -258,7 +268,18 @@ export function decideEdge(ctx: EdgeContext, query: EdgeQuery): EdgeDecision {
     passthrough,
     endpoints: verdicts,
     problem,
+    outside: service === undefined ? outsideVerdict(ctx, query, rule, clusterTls) : undefined,
   };
+}
+
+function outsideVerdict(
+  ctx: EdgeContext,
+  query: EdgeQuery,
+  rule: MergedDestinationRule | undefined,
+  cluster: ReturnType<typeof clusterTlsFor>,
+): EdgeDecision['outside'] {
+  const { clientTls, reason } = clientTlsFor(ctx, query, rule, cluster, false, 'UNKNOWN', undefined, 'UNKNOWN');
+  return { clientTls, clientTlsReason: reason, ...judge(clientTls, 'UNKNOWN') };
 }
 
 function clientTlsFor(
@@ -268,7 +289,8 @@ function clientTlsFor(
   cluster: ReturnType<typeof clusterTlsFor>,
   passthrough: boolean,
   serviceMtlsMode: ResolvedMtlsMode | 'UNKNOWN',
-  ep: EdgeEndpoint,
+  /** Undefined only for a host outside the mesh, which has no endpoints kmtls knows. */
+  ep: EdgeEndpoint | undefined,
   serverMode: ServerMode,
 ): { clientTls: ClientTlsMode; reason: string } {
   if (!query.source.inMesh) {
@@ -281,7 +303,7 @@ function clientTlsFor(
     cluster.level === 'destination-port' || cluster.level === 'subset-port'
       ? `${describeLevel(cluster.level, cluster.from)} without tls, which replaces the rest of the rule; `
       : '';
-  if (query.service === undefined) {
+  if (query.service === undefined || ep === undefined) {
     return { clientTls: 'DISABLE', reason: `${replaced}the host is not a service of the mesh: no auto mTLS, plaintext` };
   }
   if (!ctx.autoMtls) return { clientTls: 'DISABLE', reason: `${replaced}auto mTLS is off and no DestinationRule sets tls` };
