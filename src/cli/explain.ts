@@ -62,19 +62,11 @@ export async function runExplain(argv: readonly string[], io: CommandIo): Promis
   }
   if (what === 'pod') {
     const explanation = explainPod(loaded.snapshot, workload(loaded.snapshot, rest[0]!), port);
-    io.stdout(
-      flags.output === 'json'
-        ? toJson(explanation)
-        : formatPodExplanation(explanation),
-    );
+    io.stdout(flags.output === 'json' ? toJson(explanation) : formatPodExplanation(explanation));
     return 0;
   }
   const source = workload(loaded.snapshot, rest[0]!);
   const { explanation } = unwrap(explainEdge(loaded.snapshot, source, rest[1]!, values.subset));
-  io.stdout(
-    flags.output === 'json'
-      ? toJson(explanation)
-      : formatEdgeExplanation(explanation),
-  );
+  io.stdout(flags.output === 'json' ? toJson(explanation) : formatEdgeExplanation(explanation));
   return 0;
 }

@@ -146,7 +146,9 @@ export function formatEdgeExplanation(x: EdgeExplanation): string {
   }
   if (d.outside) {
     out.push('');
-    out.push(`Outside the mesh: client ${d.outside.clientTls} => ${d.outside.verdict.toUpperCase()} (${d.outside.code})`);
+    out.push(
+      `Outside the mesh: client ${d.outside.clientTls} => ${d.outside.verdict.toUpperCase()} (${d.outside.code})`,
+    );
     out.push(`      client: ${d.outside.clientTlsReason}`);
     out.push(`      ${d.outside.reason}`);
   }

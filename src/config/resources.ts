@@ -224,6 +224,13 @@ function toService(meta: ObjectMeta, parsed: z.infer<typeof serviceSchema>): Ser
   };
 }
 
+/** istioctl analyze reports every schema or webhook error of an Istio resource as IST0106. */
+function asIstioSchemaErrors(list: readonly Diagnostic[]): Diagnostic[] {
+  return list.map((d) =>
+    d.severity === 'error' && d.istioCode === undefined ? { ...d, istioCode: 'IST0106' } : d,
+  );
+}
+
 /**
  * Turns manifest objects into the mesh's resources. Every object is checked on its own: one bad
  * object is reported and left out, the rest still load. Later duplicates replace earlier ones, as
@@ -302,7 +309,7 @@ export function readResources(objects: readonly ManifestObject[]): ReadResult {
     switch (kind) {
       case 'PeerAuthentication': {
         const v = validatePeerAuthentication(raw);
-        diagnostics.push(...checker.diagnostics, ...v.diagnostics);
+        diagnostics.push(...checker.diagnostics, ...asIstioSchemaErrors(v.diagnostics));
         pas.delete(key);
         rejected.delete(key);
         if (v.value && !checker.hasErrors()) pas.set(key, v.value);
@@ -331,7 +338,7 @@ export function readResources(objects: readonly ManifestObject[]): ReadResult {
       }
       case 'DestinationRule': {
         const v = validateDestinationRule(raw);
-        diagnostics.push(...checker.diagnostics, ...v.diagnostics);
+        diagnostics.push(...checker.diagnostics, ...asIstioSchemaErrors(v.diagnostics));
         drs.delete(key);
         if (v.value && !checker.hasErrors()) drs.set(key, v.value);
         continue;

@@ -1,5 +1,5 @@
-import { isMap, isScalar, isSeq, LineCounter, parseAllDocuments } from 'yaml';
 import type { Node } from 'yaml';
+import { isMap, isScalar, isSeq, LineCounter, parseAllDocuments } from 'yaml';
 import type { Diagnostic, Locator, SourceLocation } from '../policy/index.js';
 import { diagnostic, isRecord } from '../policy/index.js';
 

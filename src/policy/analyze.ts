@@ -1,9 +1,9 @@
 import type { EdgeContext, EdgeDecision, EndpointVerdict } from './client-tls.js';
 import { decideEdge } from './client-tls.js';
-import type { Diagnostic } from './diagnostics.js';
-import { diagnostic } from './diagnostics.js';
 import type { DestinationRuleIndex } from './destination-rule.js';
 import { resolveRuleHost } from './destination-rule.js';
+import type { Diagnostic } from './diagnostics.js';
+import { diagnostic } from './diagnostics.js';
 import { endpointsOf, servicesOf, targetPortOf } from './endpoints.js';
 import { formatLabels, selectorMatches } from './labels.js';
 import type { ClientTlsSettings, ObjectRef, Service, Workload } from './model.js';
@@ -89,9 +89,13 @@ function analyzeSelectors(input: AnalysisInput): Diagnostic[] {
       continue;
     }
     const selector = policy.selector?.matchLabels ?? {};
-    const here = input.workloads.filter((w) => w.meta.namespace === ns && selectorMatches(selector, w.meta.labels));
+    const here = input.workloads.filter(
+      (w) => w.meta.namespace === ns && selectorMatches(selector, w.meta.labels),
+    );
     if (here.length > 0) continue;
-    const elsewhere = input.workloads.filter((w) => w.meta.namespace !== ns && selectorMatches(selector, w.meta.labels));
+    const elsewhere = input.workloads.filter(
+      (w) => w.meta.namespace !== ns && selectorMatches(selector, w.meta.labels),
+    );
     if (elsewhere.length > 0) {
       const namespaces = [...new Set(elsewhere.map((w) => w.meta.namespace))].sort();
       out.push(
@@ -99,7 +103,10 @@ function analyzeSelectors(input: AnalysisInput): Diagnostic[] {
           'KMTLS_ANALYZE_SELECTOR_MATCHES_OTHER_NAMESPACE',
           `PeerAuthentication ${refName(policy.meta)} selects ${formatLabels(selector)}, which matches no workload in namespace ${ns} ` +
             `but matches ${describeWorkloads(elsewhere)}: a PeerAuthentication applies only to workloads of its own namespace`,
-          { objects: [paRef(policy), ...elsewhere.map(wlRef)], hint: `move it to namespace ${namespaces.join(' or ')}` },
+          {
+            objects: [paRef(policy), ...elsewhere.map(wlRef)],
+            hint: `move it to namespace ${namespaces.join(' or ')}`,
+          },
         ),
       );
     } else {
@@ -119,7 +126,8 @@ function analyzePortKeys(input: AnalysisInput): Diagnostic[] {
   const out: Diagnostic[] = [];
   const index = input.peerAuthentications;
   for (const policy of index.all) {
-    if (policy.meta.namespace === index.rootNamespace || isWidePolicy(policy) || !policy.portLevelMtls) continue;
+    if (policy.meta.namespace === index.rootNamespace || isWidePolicy(policy) || !policy.portLevelMtls)
+      continue;
     const selector = policy.selector?.matchLabels ?? {};
     const selected = input.workloads.filter(
       (w) => w.meta.namespace === policy.meta.namespace && selectorMatches(selector, w.meta.labels),
@@ -183,7 +191,10 @@ function analyzeConflicts(input: AnalysisInput): Diagnostic[] {
         'KMTLS_ANALYZE_CONFLICTING_MESH_POLICIES',
         `${index.ignoredMesh.length + 1} mesh-wide PeerAuthentications in root namespace ${index.rootNamespace}: ` +
           `${refName(index.mesh.meta)} applies (oldest); ignored: ${index.ignoredMesh.map((i) => refName(i.policy)).join(', ')}`,
-        { objects: [paRef(index.mesh), ...index.ignoredMesh.map((i) => i.policy)], hint: 'delete the ignored ones, or merge them into one' },
+        {
+          objects: [paRef(index.mesh), ...index.ignoredMesh.map((i) => i.policy)],
+          hint: 'delete the ignored ones, or merge them into one',
+        },
       ),
     );
   }
@@ -194,7 +205,10 @@ function analyzeConflicts(input: AnalysisInput): Diagnostic[] {
         'KMTLS_ANALYZE_CONFLICTING_NAMESPACE_POLICIES',
         `${entry.ignoredWide.length + 1} namespace-wide PeerAuthentications in namespace ${ns}: ` +
           `${refName(entry.wide.meta)} applies (oldest); ignored: ${entry.ignoredWide.map((i) => refName(i.policy)).join(', ')}`,
-        { objects: [paRef(entry.wide), ...entry.ignoredWide.map((i) => i.policy)], hint: 'delete the ignored ones, or merge them into one' },
+        {
+          objects: [paRef(entry.wide), ...entry.ignoredWide.map((i) => i.policy)],
+          hint: 'delete the ignored ones, or merge them into one',
+        },
       ),
     );
   }
@@ -203,12 +217,18 @@ function analyzeConflicts(input: AnalysisInput): Diagnostic[] {
       diagnostic(
         'KMTLS_ANALYZE_ROOT_NAMESPACE_SELECTOR',
         `PeerAuthentication ${refName(policy.meta)} has a selector and is in the root namespace ${index.rootNamespace}: Istio ignores it`,
-        { objects: [paRef(policy)], hint: 'move it to the namespace of the workloads it selects, or remove the selector to make it mesh-wide' },
+        {
+          objects: [paRef(policy)],
+          hint: 'move it to the namespace of the workloads it selects, or remove the selector to make it mesh-wide',
+        },
       ),
     );
   }
   // Several workload policies matching the same workload: only the oldest applies.
-  const pairs = new Map<string, { winner: ObjectRef; losers: Set<string>; loserRefs: ObjectRef[]; workloads: Workload[] }>();
+  const pairs = new Map<
+    string,
+    { winner: ObjectRef; losers: Set<string>; loserRefs: ObjectRef[]; workloads: Workload[] }
+  >();
   for (const w of input.workloads) {
     const r = resolveInboundMtls(index, { namespace: w.meta.namespace, labels: w.meta.labels });
     const losers = r.ignored.filter((i) => i.reason === 'NEWER_WORKLOAD_POLICY');
@@ -229,7 +249,10 @@ function analyzeConflicts(input: AnalysisInput): Diagnostic[] {
         'KMTLS_ANALYZE_OVERLAPPING_WORKLOAD_POLICIES',
         `${loserRefs.length + 1} workload PeerAuthentications select ${describeWorkloads(workloads)}: ${refName(winner)} applies (oldest); ` +
           `ignored for these workloads: ${loserRefs.map(refName).join(', ')}`,
-        { objects: [winner, ...loserRefs, ...workloads.map(wlRef)], hint: 'make the selectors disjoint, or merge the policies' },
+        {
+          objects: [winner, ...loserRefs, ...workloads.map(wlRef)],
+          hint: 'make the selectors disjoint, or merge the policies',
+        },
       ),
     );
   }
@@ -240,7 +263,10 @@ function analyzeStrictWithoutSidecar(input: AnalysisInput): Diagnostic[] {
   const out: Diagnostic[] = [];
   for (const w of input.workloads) {
     if (w.membership.inMesh) continue;
-    const r = resolveInboundMtls(input.peerAuthentications, { namespace: w.meta.namespace, labels: w.meta.labels });
+    const r = resolveInboundMtls(input.peerAuthentications, {
+      namespace: w.meta.namespace,
+      labels: w.meta.labels,
+    });
     const strictPorts = [...new Set([...w.ports.map((p) => p.port), ...r.portLevel.keys()])].filter(
       (p) => modeForPort(r, p).mode === 'STRICT',
     );
@@ -262,7 +288,9 @@ function analyzeStrictWithoutSidecar(input: AnalysisInput): Diagnostic[] {
 }
 
 /** Namespaces to test as callers: each with rules of its own, plus one standing for all the others. */
-function clientNamespaces(input: AnalysisInput): { namespace: string; labels: Readonly<Record<string, string>> }[] {
+function clientNamespaces(
+  input: AnalysisInput,
+): { namespace: string; labels: Readonly<Record<string, string>> }[] {
   const inMesh = input.workloads.filter((w) => w.membership.inMesh);
   const withRules = new Set(input.destinationRules.namespaceLocal.keys());
   const out: { namespace: string; labels: Readonly<Record<string, string>> }[] = [];
@@ -292,7 +320,10 @@ function analyzeEdges(input: AnalysisInput): Diagnostic[] {
   };
   const clients = clientNamespaces(input);
   // One finding per failing (rule, target, endpoint, outcome), naming every client namespace it hits.
-  const found = new Map<string, { decision: EdgeDecision; verdict: EndpointVerdict; service: Service; namespaces: string[] }>();
+  const found = new Map<
+    string,
+    { decision: EdgeDecision; verdict: EndpointVerdict; service: Service; namespaces: string[] }
+  >();
   const domain = input.destinationRules.clusterDomain;
   for (const service of input.services) {
     const host = `${service.meta.name}.${service.meta.namespace}.svc.${domain}`;
@@ -339,11 +370,18 @@ function analyzeEdges(input: AnalysisInput): Diagnostic[] {
 
 function subsetNames(input: AnalysisInput, d: EdgeDecision): string[] {
   const first = d.destinationRule?.rules[0];
-  const rule = input.destinationRules.all.find((r) => r.meta.namespace === first?.namespace && r.meta.name === first?.name);
+  const rule = input.destinationRules.all.find(
+    (r) => r.meta.namespace === first?.namespace && r.meta.name === first?.name,
+  );
   return rule?.subsets.map((s) => s.name) ?? [];
 }
 
-function edgeFinding(d: EdgeDecision, ev: EndpointVerdict, service: Service, clientNamespaces: readonly string[]): Diagnostic {
+function edgeFinding(
+  d: EdgeDecision,
+  ev: EndpointVerdict,
+  service: Service,
+  clientNamespaces: readonly string[],
+): Diagnostic {
   const target = `${d.host}:${d.servicePort}${d.subset ? ` (subset ${d.subset})` : ''}`;
   const serverPolicy = [...ev.serverChain].reverse().find((s) => s.effect === 'sets' && s.policy)?.policy;
   const server =
@@ -375,7 +413,10 @@ function edgeFinding(d: EdgeDecision, ev: EndpointVerdict, service: Service, cli
   return diagnostic(
     'KMTLS_ANALYZE_AUTO_MTLS_LIMITATION',
     `${clients} calling ${target} send ${ev.clientTls} (${ev.clientTlsReason}) but ${server}: ${ev.code}`,
-    { objects, hint: 'add a DestinationRule for the host with tls.mode ISTIO_MUTUAL, or make the namespace-wide mode match' },
+    {
+      objects,
+      hint: 'add a DestinationRule for the host with tls.mode ISTIO_MUTUAL, or make the namespace-wide mode match',
+    },
   );
 }
 
@@ -383,13 +424,21 @@ function analyzeCallers(input: AnalysisInput): Diagnostic[] {
   const out: Diagnostic[] = [];
   for (const caller of input.callers) {
     if (caller.source.membership.inMesh) continue;
-    const ports = caller.port === undefined ? caller.service.ports : caller.service.ports.filter((p) => p.port === caller.port);
+    const ports =
+      caller.port === undefined
+        ? caller.service.ports
+        : caller.service.ports.filter((p) => p.port === caller.port);
     for (const sp of ports) {
-      const endpoints = endpointsOf(caller.service, sp, input.workloads).filter((e) => e.workload.membership.inMesh);
+      const endpoints = endpointsOf(caller.service, sp, input.workloads).filter(
+        (e) => e.workload.membership.inMesh,
+      );
       const strict: Workload[] = [];
       const permissive: Workload[] = [];
       for (const e of endpoints) {
-        const r = resolveInboundMtls(input.peerAuthentications, { namespace: e.workload.meta.namespace, labels: e.workload.meta.labels });
+        const r = resolveInboundMtls(input.peerAuthentications, {
+          namespace: e.workload.meta.namespace,
+          labels: e.workload.meta.labels,
+        });
         const m = modeForPort(r, e.port).mode;
         if (m === 'STRICT') strict.push(e.workload);
         else if (m === 'PERMISSIVE') permissive.push(e.workload);
@@ -427,7 +476,10 @@ function analyzeProbes(input: AnalysisInput): Diagnostic[] {
   for (const probe of input.probes) {
     if (probe.rewritten || !probe.workload.membership.inMesh) continue;
     const w = probe.workload;
-    const r = resolveInboundMtls(input.peerAuthentications, { namespace: w.meta.namespace, labels: w.meta.labels });
+    const r = resolveInboundMtls(input.peerAuthentications, {
+      namespace: w.meta.namespace,
+      labels: w.meta.labels,
+    });
     if (modeForPort(r, probe.port).mode !== 'STRICT') continue;
     out.push(
       diagnostic(
@@ -478,20 +530,27 @@ function analyzeDestinationRules(input: AnalysisInput): Diagnostic[] {
     };
     const tp = rule.trafficPolicy;
     check(tp?.tls, ['spec', 'trafficPolicy', 'tls'], false);
-    tp?.portLevelSettings.forEach((p, i) => check(p.tls, ['spec', 'trafficPolicy', 'portLevelSettings', i, 'tls'], true));
-    rule.subsets.forEach((s, i) => check(s.trafficPolicy?.tls, ['spec', 'subsets', i, 'trafficPolicy', 'tls'], false));
+    for (const [i, p] of (tp?.portLevelSettings ?? []).entries()) {
+      check(p.tls, ['spec', 'trafficPolicy', 'portLevelSettings', i, 'tls'], true);
+    }
+    for (const [i, s] of rule.subsets.entries()) {
+      check(s.trafficPolicy?.tls, ['spec', 'subsets', i, 'trafficPolicy', 'tls'], false);
+    }
 
     const host = resolveRuleHost(rule.host, rule.meta.namespace, domain);
     if (host.startsWith('*') || hosts.size === 0 || hosts.has(host)) continue;
     const parts = rule.host.split('.');
-    const looksInternal = host.endsWith(`.svc.${domain}`) || (parts.length === 2 && namespaces.has(parts[1] ?? ''));
+    const looksInternal =
+      host.endsWith(`.svc.${domain}`) || (parts.length === 2 && namespaces.has(parts[1] ?? ''));
     if (!looksInternal) continue;
     const expanded = parts.length === 2 ? `${rule.host}.svc.${domain}` : undefined;
     out.push(
       diagnostic(
         'KMTLS_ANALYZE_DR_HOST_MATCHES_NOTHING',
         `DestinationRule ${refName(rule.meta)} host ${JSON.stringify(rule.host)} matches no Service` +
-          (expanded ? ': only a name without dots is completed with the namespace, so this host is taken literally' : ''),
+          (expanded
+            ? ': only a name without dots is completed with the namespace, so this host is taken literally'
+            : ''),
         {
           location: rule.locate(['spec', 'host']),
           objects: [ref],
@@ -502,4 +561,3 @@ function analyzeDestinationRules(input: AnalysisInput): Diagnostic[] {
   }
   return out;
 }
-

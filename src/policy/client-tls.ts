@@ -1,5 +1,15 @@
-import type { MergedDestinationRule, DestinationRuleIndex, TlsLevel, RuleLookup } from './destination-rule.js';
-import { clusterTlsFor, endpointTlsModeFor, findDestinationRule, isPassthroughCluster } from './destination-rule.js';
+import type {
+  DestinationRuleIndex,
+  MergedDestinationRule,
+  RuleLookup,
+  TlsLevel,
+} from './destination-rule.js';
+import {
+  clusterTlsFor,
+  endpointTlsModeFor,
+  findDestinationRule,
+  isPassthroughCluster,
+} from './destination-rule.js';
 import { selectorMatches } from './labels.js';
 import type { ClientTlsMode, ClientTlsSettings, ObjectRef, ResolvedMtlsMode, Workload } from './model.js';
 import { refOf } from './model.js';
@@ -27,7 +37,9 @@ export interface EdgeQuery {
   readonly host: string;
   readonly servicePort: number;
   /** The Service behind the host; undefined when the host is outside the mesh's registry. */
-  readonly service: { readonly ref: ObjectRef; readonly namespace: string; readonly headless: boolean } | undefined;
+  readonly service:
+    | { readonly ref: ObjectRef; readonly namespace: string; readonly headless: boolean }
+    | undefined;
   readonly subset: string | undefined;
   /** Every endpoint of the service port, before subset filtering. */
   readonly endpoints: readonly EdgeEndpoint[];
@@ -83,7 +95,11 @@ export interface EdgeDecision {
     | { readonly rules: readonly ObjectRef[]; readonly host: string; readonly foundIn: RuleLookup['foundIn'] }
     | undefined;
   /** The user-supplied cluster TLS and the level it came from; undefined tls means auto mTLS. */
-  readonly clusterTls: { readonly tls: ClientTlsSettings | undefined; readonly level: TlsLevel | undefined; readonly from: ObjectRef | undefined };
+  readonly clusterTls: {
+    readonly tls: ClientTlsSettings | undefined;
+    readonly level: TlsLevel | undefined;
+    readonly from: ObjectRef | undefined;
+  };
   /** Istio's `BestEffortInferServiceMTLSMode`, the mode auto mTLS assumes for the whole service. */
   readonly serviceMtlsMode: ResolvedMtlsMode | 'UNKNOWN';
   readonly passthrough: boolean;
@@ -103,9 +119,16 @@ export interface EdgeDecision {
 }
 
 /** What happens when a client sending `clientTls` meets a server in `serverMode`. */
-export function judge(clientTls: ClientTlsMode, serverMode: ServerMode): { verdict: Verdict; code: VerdictCode; reason: string } {
+export function judge(
+  clientTls: ClientTlsMode,
+  serverMode: ServerMode,
+): { verdict: Verdict; code: VerdictCode; reason: string } {
   if (serverMode === 'UNKNOWN') {
-    return { verdict: 'depends', code: 'EXTERNAL', reason: 'the destination is outside the mesh; it works if the server accepts what the client sends' };
+    return {
+      verdict: 'depends',
+      code: 'EXTERNAL',
+      reason: 'the destination is outside the mesh; it works if the server accepts what the client sends',
+    };
   }
   switch (clientTls) {
     case 'ISTIO_MUTUAL':
@@ -116,13 +139,15 @@ export function judge(clientTls: ClientTlsMode, serverMode: ServerMode): { verdi
         return {
           verdict: 'fails',
           code: 'MTLS_TO_DISABLED_PORT',
-          reason: 'the client sends mesh mTLS but the server port is DISABLE: its sidecar passes the TLS bytes to an application that expects plaintext',
+          reason:
+            'the client sends mesh mTLS but the server port is DISABLE: its sidecar passes the TLS bytes to an application that expects plaintext',
         };
       }
       return {
         verdict: 'fails',
         code: 'MTLS_TO_NON_MESH_WORKLOAD',
-        reason: 'the client sends mesh mTLS but the server has no sidecar to terminate it; the application receives a TLS handshake',
+        reason:
+          'the client sends mesh mTLS but the server has no sidecar to terminate it; the application receives a TLS handshake',
       };
     case 'DISABLE':
       if (serverMode === 'STRICT') {
@@ -132,7 +157,14 @@ export function judge(clientTls: ClientTlsMode, serverMode: ServerMode): { verdi
           reason: 'the client sends plaintext and the server port is STRICT: the connection is reset',
         };
       }
-      return { verdict: 'works', code: 'PLAINTEXT', reason: serverMode === 'NO_SIDECAR' ? 'plaintext to a workload without sidecar' : `plaintext, accepted by the ${serverMode} server` };
+      return {
+        verdict: 'works',
+        code: 'PLAINTEXT',
+        reason:
+          serverMode === 'NO_SIDECAR'
+            ? 'plaintext to a workload without sidecar'
+            : `plaintext, accepted by the ${serverMode} server`,
+      };
     case 'SIMPLE':
     case 'MUTUAL':
       if (serverMode === 'STRICT') {
@@ -140,12 +172,14 @@ export function judge(clientTls: ClientTlsMode, serverMode: ServerMode): { verdi
           ? {
               verdict: 'fails',
               code: 'NO_CLIENT_CERT',
-              reason: 'the client sends TLS without a client certificate and the STRICT server requires a mesh certificate',
+              reason:
+                'the client sends TLS without a client certificate and the STRICT server requires a mesh certificate',
             }
           : {
               verdict: 'fails',
               code: 'UNKNOWN_CA',
-              reason: 'the STRICT server terminates the TLS itself and requires a certificate from the mesh CA; a certificate from another CA is refused',
+              reason:
+                'the STRICT server terminates the TLS itself and requires a certificate from the mesh CA; a certificate from another CA is refused',
             };
       }
       return {
@@ -189,11 +223,21 @@ function describeLevel(level: TlsLevel, rule: ObjectRef | undefined): string {
 export function decideEdge(ctx: EdgeContext, query: EdgeQuery): EdgeDecision {
   const { source, service, subset } = query;
   const lookup: RuleLookup = source.inMesh
-    ? findDestinationRule(ctx.destinationRules, source.namespace, source.labels, query.host, service?.namespace)
+    ? findDestinationRule(
+        ctx.destinationRules,
+        source.namespace,
+        source.labels,
+        query.host,
+        service?.namespace,
+      )
     : { rule: undefined, foundIn: undefined };
   const rule: MergedDestinationRule | undefined = lookup.rule;
   const destinationRule = rule
-    ? { rules: rule.rules.map((r) => refOf('DestinationRule', r.meta)), host: rule.host, foundIn: lookup.foundIn }
+    ? {
+        rules: rule.rules.map((r) => refOf('DestinationRule', r.meta)),
+        host: rule.host,
+        foundIn: lookup.foundIn,
+      }
     : undefined;
   const clusterTls = clusterTlsFor(rule, query.servicePort, subset);
   const passthrough = service !== undefined && isPassthroughCluster(service.headless, rule, subset);
@@ -215,7 +259,10 @@ export function decideEdge(ctx: EdgeContext, query: EdgeQuery): EdgeDecision {
     }
   }
   if (problem === undefined && service !== undefined && endpoints.length === 0) {
-    problem = { code: 'NO_ENDPOINTS', message: `no endpoint of ${query.host}:${query.servicePort} is known${subset ? ` in subset ${subset}` : ''}` };
+    problem = {
+      code: 'NO_ENDPOINTS',
+      message: `no endpoint of ${query.host}:${query.servicePort} is known${subset ? ` in subset ${subset}` : ''}`,
+    };
   }
 
   // BestEffortInferServiceMTLSMode.
@@ -242,11 +289,23 @@ export function decideEdge(ctx: EdgeContext, query: EdgeQuery): EdgeDecision {
     if (service === undefined) {
       serverMode = 'UNKNOWN';
     } else if (w.membership.inMesh) {
-      resolution = resolveInboundMtls(ctx.peerAuthentications, { namespace: w.meta.namespace, labels: w.meta.labels });
+      resolution = resolveInboundMtls(ctx.peerAuthentications, {
+        namespace: w.meta.namespace,
+        labels: w.meta.labels,
+      });
       serverMode = modeForPort(resolution, ep.port).mode;
       serverChain = chainForPort(resolution, ep.port);
     }
-    const { clientTls, reason } = clientTlsFor(ctx, query, rule, clusterTls, passthrough, serviceMtlsMode, ep, serverMode);
+    const { clientTls, reason } = clientTlsFor(
+      ctx,
+      query,
+      rule,
+      clusterTls,
+      passthrough,
+      serviceMtlsMode,
+      ep,
+      serverMode,
+    );
     const j = judge(clientTls, serverMode);
     verdicts.push({
       workload: refOf(w.kind, w.meta),
@@ -278,7 +337,16 @@ function outsideVerdict(
   rule: MergedDestinationRule | undefined,
   cluster: ReturnType<typeof clusterTlsFor>,
 ): EdgeDecision['outside'] {
-  const { clientTls, reason } = clientTlsFor(ctx, query, rule, cluster, false, 'UNKNOWN', undefined, 'UNKNOWN');
+  const { clientTls, reason } = clientTlsFor(
+    ctx,
+    query,
+    rule,
+    cluster,
+    false,
+    'UNKNOWN',
+    undefined,
+    'UNKNOWN',
+  );
   return { clientTls, clientTlsReason: reason, ...judge(clientTls, 'UNKNOWN') };
 }
 
@@ -294,19 +362,29 @@ function clientTlsFor(
   serverMode: ServerMode,
 ): { clientTls: ClientTlsMode; reason: string } {
   if (!query.source.inMesh) {
-    return { clientTls: 'DISABLE', reason: 'the source has no sidecar: it sends what its application sends (plaintext)' };
+    return {
+      clientTls: 'DISABLE',
+      reason: 'the source has no sidecar: it sends what its application sends (plaintext)',
+    };
   }
   if (cluster.tls !== undefined && cluster.level !== undefined) {
-    return { clientTls: cluster.tls.mode, reason: `${describeLevel(cluster.level, cluster.from)} to ${cluster.tls.mode}` };
+    return {
+      clientTls: cluster.tls.mode,
+      reason: `${describeLevel(cluster.level, cluster.from)} to ${cluster.tls.mode}`,
+    };
   }
   const replaced =
     cluster.level === 'destination-port' || cluster.level === 'subset-port'
       ? `${describeLevel(cluster.level, cluster.from)} without tls, which replaces the rest of the rule; `
       : '';
   if (query.service === undefined || ep === undefined) {
-    return { clientTls: 'DISABLE', reason: `${replaced}the host is not a service of the mesh: no auto mTLS, plaintext` };
+    return {
+      clientTls: 'DISABLE',
+      reason: `${replaced}the host is not a service of the mesh: no auto mTLS, plaintext`,
+    };
   }
-  if (!ctx.autoMtls) return { clientTls: 'DISABLE', reason: `${replaced}auto mTLS is off and no DestinationRule sets tls` };
+  if (!ctx.autoMtls)
+    return { clientTls: 'DISABLE', reason: `${replaced}auto mTLS is off and no DestinationRule sets tls` };
   if (serviceMtlsMode === 'DISABLE' || serviceMtlsMode === 'UNKNOWN') {
     const why = passthrough
       ? query.endpoints.length === 0
@@ -329,14 +407,29 @@ function clientTlsFor(
   const drMode = endpointTlsModeFor(rule, query.servicePort, query.subset);
   if (drMode !== undefined) {
     return drMode === 'ISTIO_MUTUAL'
-      ? { clientTls: 'ISTIO_MUTUAL', reason: `${replaced}auto mTLS: the DestinationRule's ${drMode} marks the endpoint for mTLS` }
-      : { clientTls: 'DISABLE', reason: `${replaced}auto mTLS: the DestinationRule's ${drMode} at another level keeps the endpoint in plaintext` };
+      ? {
+          clientTls: 'ISTIO_MUTUAL',
+          reason: `${replaced}auto mTLS: the DestinationRule's ${drMode} marks the endpoint for mTLS`,
+        }
+      : {
+          clientTls: 'DISABLE',
+          reason: `${replaced}auto mTLS: the DestinationRule's ${drMode} at another level keeps the endpoint in plaintext`,
+        };
   }
   if (!ep.workload.membership.inMesh) {
-    return { clientTls: 'DISABLE', reason: `${replaced}auto mTLS: the endpoint has no sidecar (no security.istio.io/tlsMode=istio), so plaintext` };
+    return {
+      clientTls: 'DISABLE',
+      reason: `${replaced}auto mTLS: the endpoint has no sidecar (no security.istio.io/tlsMode=istio), so plaintext`,
+    };
   }
   if (serverMode === 'DISABLE') {
-    return { clientTls: 'DISABLE', reason: `${replaced}auto mTLS: the endpoint's PeerAuthentication makes port ${ep.port} DISABLE, so plaintext` };
+    return {
+      clientTls: 'DISABLE',
+      reason: `${replaced}auto mTLS: the endpoint's PeerAuthentication makes port ${ep.port} DISABLE, so plaintext`,
+    };
   }
-  return { clientTls: 'ISTIO_MUTUAL', reason: `${replaced}auto mTLS: the endpoint has a sidecar and port ${ep.port} is ${serverMode}` };
+  return {
+    clientTls: 'ISTIO_MUTUAL',
+    reason: `${replaced}auto mTLS: the endpoint has a sidecar and port ${ep.port} is ${serverMode}`,
+  };
 }

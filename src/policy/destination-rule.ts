@@ -19,7 +19,10 @@ export interface MergedDestinationRule {
   readonly rules: readonly DestinationRule[];
   readonly trafficPolicy: TrafficPolicy | undefined;
   readonly policyFrom: DestinationRule | undefined;
-  readonly subsets: ReadonlyMap<string, { subset: DestinationRule['subsets'][number]; from: DestinationRule }>;
+  readonly subsets: ReadonlyMap<
+    string,
+    { subset: DestinationRule['subsets'][number]; from: DestinationRule }
+  >;
   readonly exportTo: readonly string[];
   readonly selector: Readonly<Record<string, string>> | undefined;
 }
@@ -61,8 +64,10 @@ function addToTable(table: HostTable, rule: DestinationRule, host: string): void
   const selector = rule.workloadSelector?.matchLabels;
   let isNewEntry = true;
   list.forEach((existing, i) => {
-    if (selector !== undefined && existing.selector !== undefined && !sameLabels(selector, existing.selector)) return;
-    if (selector === undefined ? existing.selector === undefined : existing.selector !== undefined) isNewEntry = false;
+    if (selector !== undefined && existing.selector !== undefined && !sameLabels(selector, existing.selector))
+      return;
+    if (selector === undefined ? existing.selector === undefined : existing.selector !== undefined)
+      isNewEntry = false;
     list[i] = merged(existing.host, existing.rules[0]!, [...existing.rules, rule]);
   });
   if (isNewEntry) list.push(merged(host, rule, [rule]));
@@ -77,7 +82,8 @@ function sameLabels(a: Readonly<Record<string, string>>, b: Readonly<Record<stri
 function merged(host: string, first: DestinationRule, rules: DestinationRule[]): MergedDestinationRule {
   const policyFrom = rules.find((r) => r.trafficPolicy !== undefined);
   const subsets = new Map<string, { subset: DestinationRule['subsets'][number]; from: DestinationRule }>();
-  for (const r of rules) for (const s of r.subsets) if (!subsets.has(s.name)) subsets.set(s.name, { subset: s, from: r });
+  for (const r of rules)
+    for (const s of r.subsets) if (!subsets.has(s.name)) subsets.set(s.name, { subset: s, from: r });
   return {
     host,
     namespace: first.meta.namespace,
@@ -123,7 +129,14 @@ export function indexDestinationRules(
     if (!privateOnly) addToTable(table(exportedByNamespace, ns), rule, host);
     else if (ns === rootNamespace) addToTable(rootNamespaceLocal, rule, host);
   }
-  return { rootNamespace, clusterDomain, namespaceLocal, exportedByNamespace, rootNamespaceLocal, all: sorted };
+  return {
+    rootNamespace,
+    clusterDomain,
+    namespaceLocal,
+    exportedByNamespace,
+    rootNamespaceLocal,
+    all: sorted,
+  };
 }
 
 /** Istio's `MostSpecificHostMatch`: an exact host first, else the longest matching wildcard. */
@@ -139,8 +152,13 @@ function mostSpecific(host: string, table: HostTable | undefined): MergedDestina
   return best === undefined ? undefined : table.wildcard.get(best);
 }
 
-function exportedTo(rules: MergedDestinationRule[] | undefined, clientNamespace: string): MergedDestinationRule[] | undefined {
-  const visible = rules?.filter((r) => r.exportTo.length === 0 || r.exportTo.some((e) => e === '*' || e === clientNamespace));
+function exportedTo(
+  rules: MergedDestinationRule[] | undefined,
+  clientNamespace: string,
+): MergedDestinationRule[] | undefined {
+  const visible = rules?.filter(
+    (r) => r.exportTo.length === 0 || r.exportTo.some((e) => e === '*' || e === clientNamespace),
+  );
   return visible && visible.length > 0 ? visible : undefined;
 }
 
@@ -166,7 +184,10 @@ export function findDestinationRule(
 ): RuleLookup {
   const pick = (list: MergedDestinationRule[]): MergedDestinationRule | undefined => {
     const selected = list.find(
-      (r) => r.selector !== undefined && r.namespace === clientNamespace && selectorMatches(r.selector, clientLabels),
+      (r) =>
+        r.selector !== undefined &&
+        r.namespace === clientNamespace &&
+        selectorMatches(r.selector, clientLabels),
     );
     if (selected) return selected;
     let catchAll: MergedDestinationRule | undefined;
@@ -182,13 +203,19 @@ export function findDestinationRule(
     if (rule) return { rule, foundIn: 'client-namespace' };
   }
   if (serviceNamespace !== undefined) {
-    const fromService = exportedTo(mostSpecific(host, index.exportedByNamespace.get(serviceNamespace)), clientNamespace);
+    const fromService = exportedTo(
+      mostSpecific(host, index.exportedByNamespace.get(serviceNamespace)),
+      clientNamespace,
+    );
     if (fromService) {
       const rule = pick(fromService);
       if (rule) return { rule, foundIn: 'service-namespace' };
     }
   }
-  const fromRoot = exportedTo(mostSpecific(host, index.exportedByNamespace.get(index.rootNamespace)), clientNamespace);
+  const fromRoot = exportedTo(
+    mostSpecific(host, index.exportedByNamespace.get(index.rootNamespace)),
+    clientNamespace,
+  );
   if (fromRoot) {
     const rule = pick(fromRoot);
     if (rule) return { rule, foundIn: 'root-namespace' };
@@ -211,7 +238,11 @@ export interface ClusterTls {
  * first: the subset's port entry (even without tls), the subset's tls, the rule's port entry (even
  * without tls: it replaces the destination level whole), the rule's tls.
  */
-export function clusterTlsFor(rule: MergedDestinationRule | undefined, servicePort: number, subset: string | undefined): ClusterTls {
+export function clusterTlsFor(
+  rule: MergedDestinationRule | undefined,
+  servicePort: number,
+  subset: string | undefined,
+): ClusterTls {
   let tls: ClientTlsSettings | undefined;
   let level: TlsLevel | undefined;
   const from = rule?.policyFrom ? refOf('DestinationRule', rule.policyFrom.meta) : undefined;

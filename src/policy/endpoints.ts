@@ -21,7 +21,11 @@ export function targetPortOf(servicePort: ServicePort, workload: Workload): numb
 }
 
 /** The endpoints of one Service port among `workloads` (same namespace, selector match). */
-export function endpointsOf(service: Service, servicePort: ServicePort, workloads: readonly Workload[]): ServiceEndpoint[] {
+export function endpointsOf(
+  service: Service,
+  servicePort: ServicePort,
+  workloads: readonly Workload[],
+): ServiceEndpoint[] {
   if (service.selector === undefined) return [];
   const out: ServiceEndpoint[] = [];
   for (const w of workloads) {

@@ -12,7 +12,12 @@ export type {
   VerdictCode,
 } from './client-tls.js';
 export { decideEdge, judge, VERDICT_CODES } from './client-tls.js';
-export type { DestinationRuleIndex, MergedDestinationRule, RuleLookup, TlsLevel } from './destination-rule.js';
+export type {
+  DestinationRuleIndex,
+  MergedDestinationRule,
+  RuleLookup,
+  TlsLevel,
+} from './destination-rule.js';
 export {
   clusterTlsFor,
   DEFAULT_CLUSTER_DOMAIN,

@@ -39,6 +39,7 @@ export function describeOlder(winner: ObjectMeta, loser: ObjectMeta): string {
     }
     return `same creationTimestamp ${new Date(tw).toISOString()}; the name ${JSON.stringify(winner.name)} sorts first`;
   }
-  if (tw !== undefined) return `it has creationTimestamp ${new Date(tw).toISOString()}; the other has none (assumed newer)`;
+  if (tw !== undefined)
+    return `it has creationTimestamp ${new Date(tw).toISOString()}; the other has none (assumed newer)`;
   return `neither has a creationTimestamp (assumed applied together); the name ${JSON.stringify(winner.name)} sorts first`;
 }

@@ -79,7 +79,12 @@ export function indexPeerAuthentications(
   const rootSelected: PeerAuthentication[] = [];
   const building = new Map<
     string,
-    { wide: PeerAuthentication | undefined; ignoredWide: IgnoredPolicy[]; selected: PeerAuthentication[]; rejected: RejectedPolicy[] }
+    {
+      wide: PeerAuthentication | undefined;
+      ignoredWide: IgnoredPolicy[];
+      selected: PeerAuthentication[];
+      rejected: RejectedPolicy[];
+    }
   >();
   const entry = (ns: string) => {
     let e = building.get(ns);
@@ -120,7 +125,9 @@ export function indexPeerAuthentications(
     ignoredMesh,
     rootSelected,
     namespaces: building,
-    withoutTimestamp: sorted.filter((p) => p.meta.createdAtMs === undefined).map((p) => refOf(p.kind, p.meta)),
+    withoutTimestamp: sorted
+      .filter((p) => p.meta.createdAtMs === undefined)
+      .map((p) => refOf(p.kind, p.meta)),
     all: sorted,
   };
 }
@@ -205,7 +212,10 @@ function step(
  * then workload policy each overwrite the mode unless they say UNSET (or nothing); portLevelMtls is
  * read only from the chosen workload policy. Oldest wins at each level.
  */
-export function resolveInboundMtls(index: PeerAuthenticationIndex, workload: WorkloadLabels): InboundResolution {
+export function resolveInboundMtls(
+  index: PeerAuthenticationIndex,
+  workload: WorkloadLabels,
+): InboundResolution {
   const ns = workload.namespace;
   const isRoot = ns === index.rootNamespace;
   const entry = isRoot ? EMPTY_ENTRY : (index.namespaces.get(ns) ?? EMPTY_ENTRY);
@@ -304,10 +314,14 @@ export function chainForPort(resolution: InboundResolution, port: number): reado
  * mode, else PERMISSIVE), else the mesh mode; UNKNOWN when neither exists. Auto mTLS uses this, not
  * the workload's own mode.
  */
-export function namespaceMtlsMode(index: PeerAuthenticationIndex, namespace: string): ResolvedMtlsMode | 'UNKNOWN' {
+export function namespaceMtlsMode(
+  index: PeerAuthenticationIndex,
+  namespace: string,
+): ResolvedMtlsMode | 'UNKNOWN' {
   const mesh = index.mesh;
   let global: ResolvedMtlsMode | 'UNKNOWN' = 'UNKNOWN';
-  if (mesh !== undefined) global = mesh.mode === undefined || mesh.mode === 'UNSET' ? 'PERMISSIVE' : mesh.mode;
+  if (mesh !== undefined)
+    global = mesh.mode === undefined || mesh.mode === 'UNSET' ? 'PERMISSIVE' : mesh.mode;
   const wide = namespace === index.rootNamespace ? undefined : index.namespaces.get(namespace)?.wide;
   if (wide === undefined) return global;
   if (wide.mode === undefined || wide.mode === 'UNSET') return global === 'UNKNOWN' ? 'PERMISSIVE' : global;

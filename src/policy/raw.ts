@@ -30,7 +30,12 @@ export class Checker {
     this.ref = refOf(raw.kind, raw.meta);
   }
 
-  report(code: DiagnosticCode, path: Path, message: string, extra: { hint?: string; istioCode?: string } = {}): void {
+  report(
+    code: DiagnosticCode,
+    path: Path,
+    message: string,
+    extra: { hint?: string; istioCode?: string } = {},
+  ): void {
     this.diagnostics.push(
       diagnostic(code, message, {
         location: this.raw.locate(path) ?? this.raw.meta.location,
@@ -49,7 +54,11 @@ export class Checker {
   object(value: unknown, path: Path): Record<string, unknown> | undefined {
     if (value === undefined || value === null) return undefined;
     if (isRecord(value)) return value;
-    this.report('KMTLS_SCHEMA_TYPE', path, `${formatPath(path)} must be an object: got ${describeType(value)}`);
+    this.report(
+      'KMTLS_SCHEMA_TYPE',
+      path,
+      `${formatPath(path)} must be an object: got ${describeType(value)}`,
+    );
     return undefined;
   }
 
@@ -63,7 +72,8 @@ export class Checker {
   string(value: unknown, path: Path): string | undefined {
     if (value === undefined || value === null) return undefined;
     if (typeof value === 'string') return value;
-    const hint = typeof value === 'number' || typeof value === 'boolean' ? `quote it: "${String(value)}"` : undefined;
+    const hint =
+      typeof value === 'number' || typeof value === 'boolean' ? `quote it: "${String(value)}"` : undefined;
     this.report(
       'KMTLS_SCHEMA_TYPE',
       path,
@@ -76,14 +86,22 @@ export class Checker {
   integer(value: unknown, path: Path): number | undefined {
     if (value === undefined || value === null) return undefined;
     if (typeof value === 'number' && Number.isInteger(value)) return value;
-    this.report('KMTLS_SCHEMA_TYPE', path, `${formatPath(path)} must be an integer: got ${describeType(value)} ${JSON.stringify(value)}`);
+    this.report(
+      'KMTLS_SCHEMA_TYPE',
+      path,
+      `${formatPath(path)} must be an integer: got ${describeType(value)} ${JSON.stringify(value)}`,
+    );
     return undefined;
   }
 
   boolean(value: unknown, path: Path): boolean | undefined {
     if (value === undefined || value === null) return undefined;
     if (typeof value === 'boolean') return value;
-    this.report('KMTLS_SCHEMA_TYPE', path, `${formatPath(path)} must be true or false: got ${describeType(value)} ${JSON.stringify(value)}`);
+    this.report(
+      'KMTLS_SCHEMA_TYPE',
+      path,
+      `${formatPath(path)} must be true or false: got ${describeType(value)} ${JSON.stringify(value)}`,
+    );
     return undefined;
   }
 

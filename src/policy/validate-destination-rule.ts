@@ -46,7 +46,11 @@ export function checkWildcardDomain(host: string): string | undefined {
   for (const [i, label] of labels.entries()) {
     // Istio's ValidateDNS1123Labels allows a trailing dot (`istio.io.`).
     if (i > 0 && i === labels.length - 1 && label === '') continue;
-    if (i === 0 && (label === '*' || (label.startsWith('*') && label.length > 1 && /^\*[-a-z0-9]*$/i.test(label)))) continue;
+    if (
+      i === 0 &&
+      (label === '*' || (label.startsWith('*') && label.length > 1 && /^\*[-a-z0-9]*$/i.test(label)))
+    )
+      continue;
     if (!/^[A-Za-z0-9]([-A-Za-z0-9]{0,61}[A-Za-z0-9])?$/.test(label)) {
       return `domain name ${JSON.stringify(host)} invalid (label ${JSON.stringify(label)} invalid)`;
     }
@@ -93,18 +97,31 @@ function checkTls(c: Checker, value: unknown, path: Path): ClientTlsSettings | u
   // Istio's agent.ValidateTLS, in its order.
   if (insecureSkipVerify === true) {
     if (mode === 'SIMPLE' && (caCertificates || credentialName || subjectAltNames?.length)) {
-      c.report('KMTLS_DR_TLS_FIELDS', path, 'cannot specify CaCertificates or CredentialName or SubjectAltNames when InsecureSkipVerify is set true');
+      c.report(
+        'KMTLS_DR_TLS_FIELDS',
+        path,
+        'cannot specify CaCertificates or CredentialName or SubjectAltNames when InsecureSkipVerify is set true',
+      );
     }
     if (mode === 'MUTUAL' && (caCertificates || subjectAltNames?.length)) {
-      c.report('KMTLS_DR_TLS_FIELDS', path, 'cannot specify CaCertificates or SubjectAltNames when InsecureSkipVerify is set true');
+      c.report(
+        'KMTLS_DR_TLS_FIELDS',
+        path,
+        'cannot specify CaCertificates or SubjectAltNames when InsecureSkipVerify is set true',
+      );
     }
   }
   if ((mode === 'SIMPLE' || mode === 'MUTUAL') && credentialName) {
     if (clientCertificate || caCertificates || privateKey || caCrl) {
-      c.report('KMTLS_DR_TLS_FIELDS', path, 'cannot specify client certificates or CA certificate or CA CRL If credentialName is set');
+      c.report(
+        'KMTLS_DR_TLS_FIELDS',
+        path,
+        'cannot specify client certificates or CA certificate or CA CRL If credentialName is set',
+      );
     }
   } else if (mode === 'MUTUAL') {
-    if (!clientCertificate) c.report('KMTLS_DR_MUTUAL_WITHOUT_CERTS', path, 'client certificate required for mutual tls');
+    if (!clientCertificate)
+      c.report('KMTLS_DR_MUTUAL_WITHOUT_CERTS', path, 'client certificate required for mutual tls');
     if (!privateKey) c.report('KMTLS_DR_MUTUAL_WITHOUT_CERTS', path, 'private key required for mutual tls');
   }
   if (mode === 'ISTIO_MUTUAL' && (clientCertificate || privateKey || caCertificates || credentialName)) {
@@ -154,7 +171,11 @@ function checkTrafficPolicy(c: Checker, value: unknown, path: Path): TrafficPoli
     } else if (number !== undefined && (number < 0 || number > 4294967295)) {
       c.report('KMTLS_DR_PORT_RANGE', [...at, 'port', 'number'], `port number out of range: ${number}`);
     }
-    if (!['loadBalancer', 'connectionPool', 'outlierDetection', 'tls'].some((f) => entry[f] !== undefined && entry[f] !== null)) {
+    if (
+      !['loadBalancer', 'connectionPool', 'outlierDetection', 'tls'].some(
+        (f) => entry[f] !== undefined && entry[f] !== null,
+      )
+    ) {
       c.report('KMTLS_DR_EMPTY_TRAFFIC_POLICY', at, 'port traffic policy must have at least one field');
     }
     const portTls = checkTls(c, entry.tls, [...at, 'tls']);
@@ -192,17 +213,25 @@ export function validateDestinationRule(raw: RawResource): Validated<Destination
     c.unknownFields(s, ['name', 'labels', 'trafficPolicy'], at);
     const name = c.string(s.name, [...at, 'name']) ?? '';
     if (name === '') c.report('KMTLS_DR_SUBSET_NAME', at, 'subset name cannot be empty');
-    else if (!DNS1123_LABEL.test(name)) c.report('KMTLS_DR_SUBSET_NAME', [...at, 'name'], `subset name is invalid: ${name}`);
-    if (seen.has(name)) c.report('KMTLS_DR_DUPLICATE_SUBSET', [...at, 'name'], `duplicate subset names: ${name}`);
+    else if (!DNS1123_LABEL.test(name))
+      c.report('KMTLS_DR_SUBSET_NAME', [...at, 'name'], `subset name is invalid: ${name}`);
+    if (seen.has(name))
+      c.report('KMTLS_DR_DUPLICATE_SUBSET', [...at, 'name'], `duplicate subset names: ${name}`);
     seen.add(name);
     const labels = c.stringMap(s.labels, [...at, 'labels']) ?? {};
-    subsets.push({ name, labels, trafficPolicy: checkTrafficPolicy(c, s.trafficPolicy, [...at, 'trafficPolicy']) });
+    subsets.push({
+      name,
+      labels,
+      trafficPolicy: checkTrafficPolicy(c, s.trafficPolicy, [...at, 'trafficPolicy']),
+    });
   });
   const exportTo = (c.array(spec.exportTo, ['spec', 'exportTo']) ?? [])
     .map((e, i) => c.string(e, ['spec', 'exportTo', i]))
     .filter((e): e is string => e !== undefined);
   const workloadSelector =
-    spec.workloadSelector === undefined ? undefined : checkWorkloadSelector(c, spec.workloadSelector, ['spec', 'workloadSelector']);
+    spec.workloadSelector === undefined
+      ? undefined
+      : checkWorkloadSelector(c, spec.workloadSelector, ['spec', 'workloadSelector']);
 
   if (c.hasErrors() || host === undefined) return { value: undefined, diagnostics: c.diagnostics };
   return {

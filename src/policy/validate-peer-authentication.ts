@@ -40,7 +40,11 @@ export function checkWorkloadSelector(c: Checker, value: unknown, path: Path): W
   const labels = c.stringMap(sel.matchLabels, [...path, 'matchLabels']) ?? {};
   const keys = Object.keys(labels);
   if (keys.length > MAX_SELECTOR_LABELS) {
-    c.report('KMTLS_SELECTOR_TOO_MANY_LABELS', [...path, 'matchLabels'], `too many selector labels: ${keys.length} (at most ${MAX_SELECTOR_LABELS})`);
+    c.report(
+      'KMTLS_SELECTOR_TOO_MANY_LABELS',
+      [...path, 'matchLabels'],
+      `too many selector labels: ${keys.length} (at most ${MAX_SELECTOR_LABELS})`,
+    );
   }
   for (const [k, v] of Object.entries(labels)) {
     const at = [...path, 'matchLabels', k];
@@ -51,17 +55,26 @@ export function checkWorkloadSelector(c: Checker, value: unknown, path: Path): W
       c.report('KMTLS_SELECTOR_WILDCARD', at, `wildcard is not supported in selector: "${k}=${v}"`);
     }
     if (v.length > MAX_LABEL_VALUE) {
-      c.report('KMTLS_SELECTOR_VALUE_TOO_LONG', at, `selector value too long: "${k}" has ${v.length} characters (at most ${MAX_LABEL_VALUE})`);
+      c.report(
+        'KMTLS_SELECTOR_VALUE_TOO_LONG',
+        at,
+        `selector value too long: "${k}" has ${v.length} characters (at most ${MAX_LABEL_VALUE})`,
+      );
     }
   }
   // Judged on the manifest, not on the labels that survived type checks: `version: 1` is a label
   // given with the wrong type (already an error), not a selector without labels.
   const given = sel.matchLabels;
   if (given === undefined || given === null || (isRecord(given) && Object.keys(given).length === 0)) {
-    c.report('KMTLS_SELECTOR_NO_LABELS', path, 'workload selector specified without labels (the policy applies to the whole namespace)', {
-      istioCode: 'IST0133',
-      hint: 'remove the selector, or give it matchLabels',
-    });
+    c.report(
+      'KMTLS_SELECTOR_NO_LABELS',
+      path,
+      'workload selector specified without labels (the policy applies to the whole namespace)',
+      {
+        istioCode: 'IST0133',
+        hint: 'remove the selector, or give it matchLabels',
+      },
+    );
   }
   return { matchLabels: labels };
 }
@@ -82,14 +95,19 @@ export function validatePeerAuthentication(raw: RawResource): Validated<PeerAuth
   if (mtls !== undefined) {
     c.unknownFields(mtls, ['mode'], ['spec', 'mtls']);
     // `mtls: {}` has no mode: the proto default is UNSET.
-    mode = mtls.mode === undefined || mtls.mode === null ? 'UNSET' : checkMode(c, mtls.mode, ['spec', 'mtls', 'mode']);
+    mode =
+      mtls.mode === undefined || mtls.mode === null
+        ? 'UNSET'
+        : checkMode(c, mtls.mode, ['spec', 'mtls', 'mode']);
   }
 
   let portLevelMtls: Map<number, MtlsMode> | undefined;
   const ports = c.object(spec.portLevelMtls, ['spec', 'portLevelMtls']);
   if (ports !== undefined) {
     portLevelMtls = new Map();
-    const hasSelectorLabels = selector !== undefined && Object.keys(selector.matchLabels).length > 0;
+    // Judged on what the manifest says: a label of the wrong type is its own error, not a missing selector.
+    const given = isRecord(spec.selector) ? spec.selector.matchLabels : undefined;
+    const hasSelectorLabels = isRecord(given) && Object.keys(given).length > 0;
     if (!hasSelectorLabels) {
       c.report(
         'KMTLS_PA_PORT_LEVEL_WITHOUT_SELECTOR',
@@ -100,12 +118,20 @@ export function validatePeerAuthentication(raw: RawResource): Validated<PeerAuth
     }
     const entries = Object.entries(ports);
     if (entries.length === 0) {
-      c.report('KMTLS_PA_EMPTY_PORT_LEVEL', ['spec', 'portLevelMtls'], 'port level mTLS, if defined, must have at least one element');
+      c.report(
+        'KMTLS_PA_EMPTY_PORT_LEVEL',
+        ['spec', 'portLevelMtls'],
+        'port level mTLS, if defined, must have at least one element',
+      );
     }
     for (const [key, value] of entries) {
       const at: Path = ['spec', 'portLevelMtls', key];
       if (!/^-?[0-9]+$/.test(key)) {
-        c.report('KMTLS_PA_PORT_NOT_NUMBER', at, `portLevelMtls key is not a port number: ${JSON.stringify(key)} (keys are container port numbers)`);
+        c.report(
+          'KMTLS_PA_PORT_NOT_NUMBER',
+          at,
+          `portLevelMtls key is not a port number: ${JSON.stringify(key)} (keys are container port numbers)`,
+        );
         continue;
       }
       const port = Number(key);
@@ -120,7 +146,8 @@ export function validatePeerAuthentication(raw: RawResource): Validated<PeerAuth
         continue;
       }
       c.unknownFields(entry, ['mode'], at);
-      const m = entry.mode === undefined || entry.mode === null ? 'UNSET' : checkMode(c, entry.mode, [...at, 'mode']);
+      const m =
+        entry.mode === undefined || entry.mode === null ? 'UNSET' : checkMode(c, entry.mode, [...at, 'mode']);
       if (m !== undefined) portLevelMtls.set(port, m);
     }
   }

@@ -15,7 +15,17 @@ function kmtls(args: string[], input?: string) {
 }
 
 test('the executable explains a pod of the quickstart', () => {
-  const r = kmtls(['explain', 'pod', 'finance/payments', '--port', '9090', '-f', 'examples/quickstart', '-o', 'json']);
+  const r = kmtls([
+    'explain',
+    'pod',
+    'finance/payments',
+    '--port',
+    '9090',
+    '-f',
+    'examples/quickstart',
+    '-o',
+    'json',
+  ]);
   assert.equal(r.code, 0, r.stderr);
   const json = JSON.parse(r.stdout) as { mode: string; workloadMode: string };
   assert.equal(json.mode, 'PERMISSIVE');
@@ -48,9 +58,12 @@ test('garbage input gives coded messages, never a stack trace', async () => {
       'anchors.yaml': 'a: &a [*a, *a]\n',
       'deep.yaml': `${'['.repeat(2000)}${']'.repeat(2000)}\n`,
       'scalar.yaml': '42\n',
-      'kinds.yaml': 'apiVersion: v1\nkind: 7\nmetadata: {name: [1]}\n---\nkind: Pod\napiVersion: v1\nmetadata: {name: p}\nspec: {containers: 5}\n',
-      'pa.yaml': 'apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {name: p, labels: [a]}\nspec: [1, 2]\n',
-      'dr.yaml': 'apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: d}\nspec: {host: 5, trafficPolicy: {portLevelSettings: [null, {port: 3}]}, subsets: {a: 1}}\n',
+      'kinds.yaml':
+        'apiVersion: v1\nkind: 7\nmetadata: {name: [1]}\n---\nkind: Pod\napiVersion: v1\nmetadata: {name: p}\nspec: {containers: 5}\n',
+      'pa.yaml':
+        'apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {name: p, labels: [a]}\nspec: [1, 2]\n',
+      'dr.yaml':
+        'apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: d}\nspec: {host: 5, trafficPolicy: {portLevelSettings: [null, {port: 3}]}, subsets: {a: 1}}\n',
     };
     for (const [name, content] of Object.entries(inputs)) await writeFile(path.join(dir, name), content);
     for (const command of ['validate', 'analyze']) {
@@ -58,7 +71,11 @@ test('garbage input gives coded messages, never a stack trace', async () => {
       assert.equal(r.code, 1, `${command}: ${r.stderr}`);
       assert.doesNotMatch(r.stderr + r.stdout, /BUG|\n\s+at /, `${command} printed a stack trace`);
       for (const name of Object.keys(inputs)) {
-        assert.match(r.stdout, new RegExp(`${name}:\\d+:\\d+: error KMTLS_`), `${command}: no located error for ${name}`);
+        assert.match(
+          r.stdout,
+          new RegExp(`${name}:\\d+:\\d+: error KMTLS_`),
+          `${command}: no located error for ${name}`,
+        );
       }
     }
   } finally {

@@ -27,7 +27,11 @@ function ns(name: string, labels: Record<string, string> = {}): string {
   return `apiVersion: v1\nkind: Namespace\nmetadata:\n  name: ${name}\n  labels: ${JSON.stringify(labels)}\n---\n`;
 }
 
-function pod(namespace: string, name: string, opts: { labels?: Record<string, string>; annotations?: Record<string, string>; spec?: string } = {}): string {
+function pod(
+  namespace: string,
+  name: string,
+  opts: { labels?: Record<string, string>; annotations?: Record<string, string>; spec?: string } = {},
+): string {
   return [
     'apiVersion: v1',
     'kind: Pod',
@@ -44,24 +48,41 @@ function pod(namespace: string, name: string, opts: { labels?: Record<string, st
 }
 
 const MEMBERSHIP: [string, string, boolean, RegExp][] = [
-  ['labelled tlsMode=istio is in the mesh wherever it runs', pod('plain', 'a', { labels: { 'security.istio.io/tlsMode': 'istio' } }), true, /tlsMode=istio/],
+  [
+    'labelled tlsMode=istio is in the mesh wherever it runs',
+    pod('plain', 'a', { labels: { 'security.istio.io/tlsMode': 'istio' } }),
+    true,
+    /tlsMode=istio/,
+  ],
   [
     'a pod with the kmtls-proxy container is in the mesh',
     pod('plain', 'a', { spec: '  containers: [{name: app}, {name: kmtls-proxy}]' }),
     true,
     /kmtls-proxy/,
   ],
-  ['a pod in an injection-enabled namespace is in the mesh', ns('on', { 'kmtls.io/injection': 'enabled' }) + pod('on', 'a'), true, /kmtls.io\/injection=enabled/],
-  ["Istio's istio-injection=enabled label counts too", ns('on', { 'istio-injection': 'enabled' }) + pod('on', 'a'), true, /istio-injection=enabled/],
+  [
+    'a pod in an injection-enabled namespace is in the mesh',
+    ns('on', { 'kmtls.io/injection': 'enabled' }) + pod('on', 'a'),
+    true,
+    /kmtls.io\/injection=enabled/,
+  ],
+  [
+    "Istio's istio-injection=enabled label counts too",
+    ns('on', { 'istio-injection': 'enabled' }) + pod('on', 'a'),
+    true,
+    /istio-injection=enabled/,
+  ],
   [
     'a pod opting out with sidecar.istio.io/inject: "false" stays out in an enabled namespace',
-    ns('on', { 'kmtls.io/injection': 'enabled' }) + pod('on', 'a', { annotations: { 'sidecar.istio.io/inject': 'false' } }),
+    ns('on', { 'kmtls.io/injection': 'enabled' }) +
+      pod('on', 'a', { annotations: { 'sidecar.istio.io/inject': 'false' } }),
     false,
     /opts out/,
   ],
   [
     'a hostNetwork pod is never injected',
-    ns('on', { 'kmtls.io/injection': 'enabled' }) + pod('on', 'a', { spec: '  hostNetwork: true\n  containers: [{name: app}]' }),
+    ns('on', { 'kmtls.io/injection': 'enabled' }) +
+      pod('on', 'a', { spec: '  hostNetwork: true\n  containers: [{name: app}]' }),
     false,
     /hostNetwork/,
   ],
@@ -73,12 +94,23 @@ const MEMBERSHIP: [string, string, boolean, RegExp][] = [
   ],
   [
     'a namespace that disables injection wins over the pod opting in',
-    ns('off', { 'istio-injection': 'disabled' }) + pod('off', 'a', { labels: { 'sidecar.istio.io/inject': 'true' } }),
+    ns('off', { 'istio-injection': 'disabled' }) +
+      pod('off', 'a', { labels: { 'sidecar.istio.io/inject': 'true' } }),
     false,
     /istio-injection=disabled/,
   ],
-  ['a pod in an unlabelled namespace is outside the mesh', ns('plain') + pod('plain', 'a'), false, /not labelled/],
-  ['a pod whose namespace is not among the manifests is outside, and says why', pod('unknown', 'a'), false, /not among the manifests/],
+  [
+    'a pod in an unlabelled namespace is outside the mesh',
+    ns('plain') + pod('plain', 'a'),
+    false,
+    /not labelled/,
+  ],
+  [
+    'a pod whose namespace is not among the manifests is outside, and says why',
+    pod('unknown', 'a'),
+    false,
+    /not among the manifests/,
+  ],
 ];
 
 for (const [name, yaml, inMesh, reason] of MEMBERSHIP) {
@@ -176,8 +208,14 @@ test('callers are found in env values, args and command, qualified or bare, with
         ].join('\n'),
       }),
   );
-  const facts = discoverCallers(s).map((f) => `${f.source.meta.name} -> ${f.service.meta.namespace}/${f.service.meta.name}:${f.port ?? '*'} via ${f.via.split(':')[0]}`);
-  assert.deepEqual(facts, ['web -> finance/payments:8080 via env PAY of container app', 'web -> finance/payments:9090 via args of container app']);
+  const facts = discoverCallers(s).map(
+    (f) =>
+      `${f.source.meta.name} -> ${f.service.meta.namespace}/${f.service.meta.name}:${f.port ?? '*'} via ${f.via.split(':')[0]}`,
+  );
+  assert.deepEqual(facts, [
+    'web -> finance/payments:8080 via env PAY of container app',
+    'web -> finance/payments:9090 via args of container app',
+  ]);
 });
 
 test('a bare name is a caller fact only in the same namespace and only as a URL host, host:port or whole value', () => {
@@ -232,7 +270,10 @@ test('explain pod: a Service port given for --port is pointed at its container p
   const w = findWorkload(s, 'finance/payments-0');
   assert.ok(w.ok);
   const x = explainPod(s, w.workload, 8080);
-  assert.ok(x.notes.some((n) => /Service finance\/payments, which sends it to container port 8000/.test(n)), x.notes.join('\n'));
+  assert.ok(
+    x.notes.some((n) => /Service finance\/payments, which sends it to container port 8000/.test(n)),
+    x.notes.join('\n'),
+  );
   const ports = x.ports.map((p) => [p.port, p.services.map((sp) => `${sp.service}:${sp.port}`)]);
   assert.deepEqual(ports, [
     [8000, ['finance/payments:8080']],
@@ -259,7 +300,10 @@ spec: {selector: {matchLabels: {app: payments}}, mtls: {mode: PERMISSIVE}}
   const x = explainPod(s, w.workload);
   assert.equal(x.workloadMode, 'PERMISSIVE');
   assert.equal(x.ignored[0]?.policy.name, 'b');
-  assert.ok(x.notes.some((n) => /no creationTimestamp on finance\/a/.test(n)), x.notes.join('\n'));
+  assert.ok(
+    x.notes.some((n) => /no creationTimestamp on finance\/a/.test(n)),
+    x.notes.join('\n'),
+  );
   assert.ok(!x.ports.some((p) => p.port === 7070), 'the ignored policy contributes no port');
 });
 
@@ -281,7 +325,12 @@ test('hosts resolve like cluster DNS from the client namespace', () => {
   const s = snapshotOf(SERVICES);
   assert.equal(resolveHost(s, 'finance', 'payments').service?.meta.name, 'payments');
   assert.equal(resolveHost(s, 'shop', 'payments').service, undefined);
-  for (const h of ['payments.finance', 'payments.finance.svc', 'payments.finance.svc.cluster.local', 'payments.finance.svc.cluster.local.']) {
+  for (const h of [
+    'payments.finance',
+    'payments.finance.svc',
+    'payments.finance.svc.cluster.local',
+    'payments.finance.svc.cluster.local.',
+  ]) {
     assert.equal(resolveHost(s, 'shop', h).fqdn, 'payments.finance.svc.cluster.local', h);
   }
   assert.equal(resolveHost(s, 'shop', 'api.example.com').service, undefined);
