@@ -9,7 +9,13 @@ import { formatLabels, selectorMatches } from './labels.js';
 import type { ClientTlsSettings, ObjectRef, Service, Workload } from './model.js';
 import { refName, refOf } from './model.js';
 import type { PeerAuthenticationIndex } from './peer-authentication.js';
-import { isWidePolicy, modeForPort, resolveInboundMtls } from './peer-authentication.js';
+import {
+  chainOf,
+  effectiveInboundMtls,
+  effectiveModeForPort,
+  isWidePolicy,
+  matchingWorkloadPolicies,
+} from './peer-authentication.js';
 
 /** A workload known to call a service, and how we know (an env var, an argument, a flows file). */
 export interface CallerFact {
@@ -225,21 +231,12 @@ function analyzeConflicts(input: AnalysisInput): Diagnostic[] {
     );
   }
   // Several workload policies matching the same workload: only the oldest applies.
-  const pairs = new Map<
-    string,
-    { winner: ObjectRef; losers: Set<string>; loserRefs: ObjectRef[]; workloads: Workload[] }
-  >();
+  const pairs = new Map<string, { winner: ObjectRef; loserRefs: ObjectRef[]; workloads: Workload[] }>();
   for (const w of input.workloads) {
-    const r = resolveInboundMtls(index, { namespace: w.meta.namespace, labels: w.meta.labels });
-    const losers = r.ignored.filter((i) => i.reason === 'NEWER_WORKLOAD_POLICY');
-    if (losers.length === 0 || !r.workloadPolicy) continue;
-    const winner = paRef(r.workloadPolicy);
-    const key = `${refName(winner)}|${losers.map((l) => refName(l.policy)).join(',')}`;
-    const entry = pairs.get(key) ?? { winner, losers: new Set(), loserRefs: [], workloads: [] };
-    for (const l of losers) {
-      if (!entry.losers.has(refName(l.policy))) entry.loserRefs.push(l.policy);
-      entry.losers.add(refName(l.policy));
-    }
+    const [first, ...losers] = matchingWorkloadPolicies(index, { namespace: w.meta.namespace, labels: w.meta.labels });
+    if (first === undefined || losers.length === 0) continue;
+    const key = [first, ...losers].map((p) => refName(p.meta)).join('|');
+    const entry = pairs.get(key) ?? { winner: paRef(first), loserRefs: losers.map(paRef), workloads: [] };
     entry.workloads.push(w);
     pairs.set(key, entry);
   }
@@ -263,15 +260,15 @@ function analyzeStrictWithoutSidecar(input: AnalysisInput): Diagnostic[] {
   const out: Diagnostic[] = [];
   for (const w of input.workloads) {
     if (w.membership.inMesh) continue;
-    const r = resolveInboundMtls(input.peerAuthentications, {
+    const e = effectiveInboundMtls(input.peerAuthentications, {
       namespace: w.meta.namespace,
       labels: w.meta.labels,
     });
-    const strictPorts = [...new Set([...w.ports.map((p) => p.port), ...r.portLevel.keys()])].filter(
-      (p) => modeForPort(r, p).mode === 'STRICT',
-    );
-    if (r.workloadMode !== 'STRICT' && strictPorts.length === 0) continue;
-    const decider = [...r.chain].reverse().find((s) => s.effect === 'sets' && s.policy)?.policy;
+    const ports = [...w.ports.map((p) => p.port), ...(e.workloadPolicy?.portLevelMtls?.keys() ?? [])];
+    const strictPort = ports.find((p) => effectiveModeForPort(e, p) === 'STRICT');
+    if (e.workloadMode !== 'STRICT' && strictPort === undefined) continue;
+    const chain = chainOf(e, e.workloadMode === 'STRICT' ? undefined : strictPort);
+    const decider = [...chain].reverse().find((s) => s.effect === 'sets' && s.policy)?.policy;
     out.push(
       diagnostic(
         'KMTLS_ANALYZE_STRICT_WITHOUT_SIDECAR',
@@ -435,11 +432,11 @@ function analyzeCallers(input: AnalysisInput): Diagnostic[] {
       const strict: Workload[] = [];
       const permissive: Workload[] = [];
       for (const e of endpoints) {
-        const r = resolveInboundMtls(input.peerAuthentications, {
+        const effective = effectiveInboundMtls(input.peerAuthentications, {
           namespace: e.workload.meta.namespace,
           labels: e.workload.meta.labels,
         });
-        const m = modeForPort(r, e.port).mode;
+        const m = effectiveModeForPort(effective, e.port);
         if (m === 'STRICT') strict.push(e.workload);
         else if (m === 'PERMISSIVE') permissive.push(e.workload);
       }
@@ -476,11 +473,11 @@ function analyzeProbes(input: AnalysisInput): Diagnostic[] {
   for (const probe of input.probes) {
     if (probe.rewritten || !probe.workload.membership.inMesh) continue;
     const w = probe.workload;
-    const r = resolveInboundMtls(input.peerAuthentications, {
+    const e = effectiveInboundMtls(input.peerAuthentications, {
       namespace: w.meta.namespace,
       labels: w.meta.labels,
     });
-    if (modeForPort(r, probe.port).mode !== 'STRICT') continue;
+    if (effectiveModeForPort(e, probe.port) !== 'STRICT') continue;
     out.push(
       diagnostic(
         'KMTLS_ANALYZE_PROBE_ON_STRICT_PORT',

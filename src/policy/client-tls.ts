@@ -14,7 +14,12 @@ import { selectorMatches } from './labels.js';
 import type { ClientTlsMode, ClientTlsSettings, ObjectRef, ResolvedMtlsMode, Workload } from './model.js';
 import { refOf } from './model.js';
 import type { ChainStep, PeerAuthenticationIndex } from './peer-authentication.js';
-import { chainForPort, modeForPort, namespaceMtlsMode, resolveInboundMtls } from './peer-authentication.js';
+import {
+  chainOf,
+  effectiveInboundMtls,
+  effectiveModeForPort,
+  namespaceMtlsMode,
+} from './peer-authentication.js';
 
 /** The calling side of a connection. */
 export interface EdgeSource {
@@ -285,16 +290,15 @@ export function decideEdge(ctx: EdgeContext, query: EdgeQuery): EdgeDecision {
     const w = ep.workload;
     let serverMode: ServerMode = 'NO_SIDECAR';
     let serverChain: readonly ChainStep[] = [];
-    let resolution: ReturnType<typeof resolveInboundMtls> | undefined;
     if (service === undefined) {
       serverMode = 'UNKNOWN';
     } else if (w.membership.inMesh) {
-      resolution = resolveInboundMtls(ctx.peerAuthentications, {
+      const effective = effectiveInboundMtls(ctx.peerAuthentications, {
         namespace: w.meta.namespace,
         labels: w.meta.labels,
       });
-      serverMode = modeForPort(resolution, ep.port).mode;
-      serverChain = chainForPort(resolution, ep.port);
+      serverMode = effectiveModeForPort(effective, ep.port);
+      serverChain = chainOf(effective, ep.port);
     }
     const { clientTls, reason } = clientTlsFor(
       ctx,

@@ -36,6 +36,7 @@ export { CLIENT_TLS_MODES, MTLS_MODES, refName, refOf } from './model.js';
 export { compareByCreation, describeOlder } from './order.js';
 export type {
   ChainStep,
+  EffectiveMtls,
   IgnoredPolicy,
   IgnoreReason,
   InboundResolution,
@@ -47,9 +48,13 @@ export type {
 } from './peer-authentication.js';
 export {
   chainForPort,
+  chainOf,
   DEFAULT_ROOT_NAMESPACE,
+  effectiveInboundMtls,
+  effectiveModeForPort,
   indexPeerAuthentications,
   isWidePolicy,
+  matchingWorkloadPolicies,
   modeForPort,
   namespaceMtlsMode,
   resolveInboundMtls,

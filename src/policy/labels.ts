@@ -7,8 +7,9 @@ export function selectorMatches(
   selector: Readonly<Record<string, string>>,
   labels: Readonly<Record<string, string>>,
 ): boolean {
-  for (const [key, value] of Object.entries(selector)) {
-    if (labels[key] !== value) return false;
+  // for...in, not Object.entries: this runs once per policy per workload and must not allocate.
+  for (const key in selector) {
+    if (labels[key] !== selector[key]) return false;
   }
   return true;
 }

@@ -169,19 +169,27 @@ export interface PortMode {
   readonly declared?: MtlsMode;
 }
 
-/** The effective inbound mTLS of one workload, with everything that explains it. */
-export interface InboundResolution {
+/**
+ * The decision alone: which policy applies at each level and the resulting workload mode. Cheap to
+ * compute (no allocation per policy), for callers that need modes, not explanations.
+ */
+export interface EffectiveMtls {
   /** The mode of every port without its own portLevelMtls entry. */
   readonly workloadMode: ResolvedMtlsMode;
+  readonly meshPolicy: PeerAuthentication | undefined;
+  readonly namespacePolicy: PeerAuthentication | undefined;
+  /** The oldest selector policy of the workload's namespace that matches; the only source of port entries. */
+  readonly workloadPolicy: PeerAuthentication | undefined;
+}
+
+/** The effective inbound mTLS of one workload, with everything that explains it. */
+export interface InboundResolution extends EffectiveMtls {
   /** portLevelMtls entries of the chosen workload policy, resolved (UNSET takes the workload mode). */
   readonly portLevel: ReadonlyMap<number, PortMode>;
   /** default → mesh → namespace → workload; `chainForPort` adds the port step. */
   readonly chain: readonly ChainStep[];
   readonly ignored: readonly IgnoredPolicy[];
   readonly notMatching: readonly NonMatchingPolicy[];
-  readonly meshPolicy: PeerAuthentication | undefined;
-  readonly namespacePolicy: PeerAuthentication | undefined;
-  readonly workloadPolicy: PeerAuthentication | undefined;
 }
 
 export interface WorkloadLabels {
@@ -207,30 +215,99 @@ function step(
   };
 }
 
+/** A level overrides the mode unless it says UNSET or nothing. */
+function override(mode: ResolvedMtlsMode, declared: MtlsMode | undefined): ResolvedMtlsMode {
+  return declared === undefined || declared === 'UNSET' ? mode : declared;
+}
+
+function namespaceEntry(index: PeerAuthenticationIndex, namespace: string): NamespaceEntry {
+  // Root-namespace policies are mesh-wide or ignored; the root never has a namespace level.
+  return namespace === index.rootNamespace ? EMPTY_ENTRY : (index.namespaces.get(namespace) ?? EMPTY_ENTRY);
+}
+
 /**
  * Istio's `ComposePeerAuthentication` for one workload: start PERMISSIVE; mesh, then namespace,
- * then workload policy each overwrite the mode unless they say UNSET (or nothing); portLevelMtls is
- * read only from the chosen workload policy. Oldest wins at each level.
+ * then workload policy each overwrite the mode unless they say UNSET (or nothing). Oldest wins at
+ * each level: the namespace's selector policies are kept oldest first, so the first match applies.
+ */
+export function effectiveInboundMtls(
+  index: PeerAuthenticationIndex,
+  workload: WorkloadLabels,
+): EffectiveMtls {
+  const entry = namespaceEntry(index, workload.namespace);
+  let workloadPolicy: PeerAuthentication | undefined;
+  for (const candidate of entry.selected) {
+    if (selectorMatches(candidate.selector?.matchLabels ?? {}, workload.labels)) {
+      workloadPolicy = candidate;
+      break;
+    }
+  }
+  const mesh = index.mesh;
+  const namespacePolicy = entry.wide;
+  return {
+    workloadMode: override(
+      override(override('PERMISSIVE', mesh?.mode), namespacePolicy?.mode),
+      workloadPolicy?.mode,
+    ),
+    meshPolicy: mesh,
+    namespacePolicy,
+    workloadPolicy,
+  };
+}
+
+/** Every selector policy of the workload's namespace that matches it, oldest (the one that applies) first. */
+export function matchingWorkloadPolicies(index: PeerAuthenticationIndex, workload: WorkloadLabels): PeerAuthentication[] {
+  return namespaceEntry(index, workload.namespace).selected.filter((p) =>
+    selectorMatches(p.selector?.matchLabels ?? {}, workload.labels),
+  );
+}
+
+/** `GetMutualTLSModeForPort` on the decision alone: portLevelMtls of the workload policy only. */
+export function effectiveModeForPort(effective: EffectiveMtls, port: number): ResolvedMtlsMode {
+  return override(effective.workloadMode, effective.workloadPolicy?.portLevelMtls?.get(port));
+}
+
+/** default → mesh → namespace → workload (→ port, when the workload policy has an entry for it). */
+export function chainOf(effective: EffectiveMtls, port?: number): ChainStep[] {
+  const chain: ChainStep[] = [
+    { level: 'default', policy: undefined, declared: undefined, effect: 'sets', result: 'PERMISSIVE' },
+  ];
+  let mode: ResolvedMtlsMode = 'PERMISSIVE';
+  for (const [level, policy] of [
+    ['mesh', effective.meshPolicy],
+    ['namespace', effective.namespacePolicy],
+    ['workload', effective.workloadPolicy],
+  ] as const) {
+    const s = step(level, policy, policy?.mode, mode);
+    chain.push(s);
+    mode = s.result;
+  }
+  const declared = port === undefined ? undefined : effective.workloadPolicy?.portLevelMtls?.get(port);
+  if (port !== undefined && declared !== undefined)
+    chain.push(step('port', effective.workloadPolicy, declared, mode, port));
+  return chain;
+}
+
+/**
+ * The decision of `effectiveInboundMtls` with its explanation: the chain, every policy that could
+ * have applied but did not (with the reason), and the selector policies that do not match.
  */
 export function resolveInboundMtls(
   index: PeerAuthenticationIndex,
   workload: WorkloadLabels,
 ): InboundResolution {
-  const ns = workload.namespace;
-  const isRoot = ns === index.rootNamespace;
-  const entry = isRoot ? EMPTY_ENTRY : (index.namespaces.get(ns) ?? EMPTY_ENTRY);
+  const effective = effectiveInboundMtls(index, workload);
+  const entry = namespaceEntry(index, workload.namespace);
   const ignored: IgnoredPolicy[] = [...index.ignoredMesh, ...entry.ignoredWide];
   const notMatching: NonMatchingPolicy[] = [];
-
-  let workloadPolicy: PeerAuthentication | undefined;
   for (const candidate of entry.selected) {
     const selector = candidate.selector?.matchLabels ?? {};
     if (!selectorMatches(selector, workload.labels)) {
       notMatching.push({ policy: refOf(candidate.kind, candidate.meta), selector: formatLabels(selector) });
-    } else if (workloadPolicy === undefined) {
-      workloadPolicy = candidate;
-    } else {
-      ignored.push(ignoredBecauseNewer('NEWER_WORKLOAD_POLICY', 'workload', workloadPolicy, candidate));
+    } else if (candidate !== effective.workloadPolicy && effective.workloadPolicy !== undefined) {
+      ignored.push(
+        ignoredBecauseNewer('NEWER_WORKLOAD_POLICY', 'workload', effective.workloadPolicy, candidate),
+      );
     }
   }
   for (const rootPolicy of index.rootSelected) {
@@ -240,7 +317,7 @@ export function resolveInboundMtls(
         reason: 'SELECTOR_IN_ROOT_NAMESPACE',
         message:
           `its selector matches, but a PeerAuthentication with a selector in the root namespace ` +
-          `${index.rootNamespace} is ignored by Istio; move it to namespace ${ns}`,
+          `${index.rootNamespace} is ignored by Istio; move it to namespace ${workload.namespace}`,
       });
     }
   }
@@ -257,43 +334,16 @@ export function resolveInboundMtls(
     }
   }
 
-  const chain: ChainStep[] = [];
-  let mode: ResolvedMtlsMode = 'PERMISSIVE';
-  chain.push({ level: 'default', policy: undefined, declared: undefined, effect: 'sets', result: mode });
-  const mesh = index.mesh;
-  const nsPolicy = isRoot ? undefined : entry.wide;
-  for (const [level, policy] of [
-    ['mesh', mesh],
-    ['namespace', nsPolicy],
-    ['workload', workloadPolicy],
-  ] as const) {
-    const s = step(level, policy, policy?.mode, mode);
-    chain.push(s);
-    mode = s.result;
-  }
-
   const portLevel = new Map<number, PortMode>();
-  if (workloadPolicy?.portLevelMtls) {
-    for (const [port, declared] of workloadPolicy.portLevelMtls) {
-      portLevel.set(port, {
-        port,
-        mode: declared === 'UNSET' ? mode : declared,
-        decidedBy: 'port',
-        declared,
-      });
-    }
+  for (const [port, declared] of effective.workloadPolicy?.portLevelMtls ?? []) {
+    portLevel.set(port, {
+      port,
+      mode: override(effective.workloadMode, declared),
+      decidedBy: 'port',
+      declared,
+    });
   }
-
-  return {
-    workloadMode: mode,
-    portLevel,
-    chain,
-    ignored,
-    notMatching,
-    meshPolicy: mesh,
-    namespacePolicy: nsPolicy,
-    workloadPolicy,
-  };
+  return { ...effective, portLevel, chain: chainOf(effective), ignored, notMatching };
 }
 
 /** Istio's `GetMutualTLSModeForPort`: the port's own entry, else the workload mode. */
@@ -303,10 +353,7 @@ export function modeForPort(resolution: InboundResolution, port: number): PortMo
 
 /** The decision chain for one port: the workload chain plus the port step when an entry exists. */
 export function chainForPort(resolution: InboundResolution, port: number): readonly ChainStep[] {
-  const entry = resolution.portLevel.get(port);
-  const policy = resolution.workloadPolicy;
-  if (entry === undefined || policy === undefined) return resolution.chain;
-  return [...resolution.chain, step('port', policy, entry.declared, resolution.workloadMode, port)];
+  return resolution.portLevel.has(port) ? chainOf(resolution, port) : resolution.chain;
 }
 
 /**
