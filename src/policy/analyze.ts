@@ -233,7 +233,10 @@ function analyzeConflicts(input: AnalysisInput): Diagnostic[] {
   // Several workload policies matching the same workload: only the oldest applies.
   const pairs = new Map<string, { winner: ObjectRef; loserRefs: ObjectRef[]; workloads: Workload[] }>();
   for (const w of input.workloads) {
-    const [first, ...losers] = matchingWorkloadPolicies(index, { namespace: w.meta.namespace, labels: w.meta.labels });
+    const [first, ...losers] = matchingWorkloadPolicies(index, {
+      namespace: w.meta.namespace,
+      labels: w.meta.labels,
+    });
     if (first === undefined || losers.length === 0) continue;
     const key = [first, ...losers].map((p) => refName(p.meta)).join('|');
     const entry = pairs.get(key) ?? { winner: paRef(first), loserRefs: losers.map(paRef), workloads: [] };

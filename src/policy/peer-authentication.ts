@@ -256,7 +256,10 @@ export function effectiveInboundMtls(
 }
 
 /** Every selector policy of the workload's namespace that matches it, oldest (the one that applies) first. */
-export function matchingWorkloadPolicies(index: PeerAuthenticationIndex, workload: WorkloadLabels): PeerAuthentication[] {
+export function matchingWorkloadPolicies(
+  index: PeerAuthenticationIndex,
+  workload: WorkloadLabels,
+): PeerAuthentication[] {
   return namespaceEntry(index, workload.namespace).selected.filter((p) =>
     selectorMatches(p.selector?.matchLabels ?? {}, workload.labels),
   );
