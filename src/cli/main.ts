@@ -2,6 +2,7 @@ import { readFileSync } from 'node:fs';
 import { readStdinText } from '../config/index.js';
 import { ERROR_CODES, exitCodeFor, KmtlsError } from '../errors.js';
 import { runAnalyze } from './analyze.js';
+import { runCa } from './ca.js';
 import { runExplain } from './explain.js';
 import type { CommandIo } from './io.js';
 import { runValidate } from './validate.js';
@@ -15,6 +16,7 @@ Commands:
   explain edge NS/POD HOST:PORT       what the client sends, what the server accepts, the verdict
   validate -f PATH...                 schema and Istio webhook validation (exit 1 on errors)
   analyze -f PATH...                  cross-resource findings (exit 1 on error-level findings)
+  ca init|issue|inspect|rotate        the mesh certificate authority (see kmtls ca help)
   version                             print the version
 
 Every command that reads manifests takes -f PATH (file, directory or -, repeatable),
@@ -24,6 +26,7 @@ Every command that reads manifests takes -f PATH (file, directory or -, repeatab
 type Command = (argv: readonly string[], io: CommandIo) => Promise<number>;
 
 const COMMANDS: Record<string, Command> = {
+  ca: runCa,
   explain: runExplain,
   validate: runValidate,
   analyze: runAnalyze,

@@ -1,0 +1,121 @@
+import { X509Certificate } from 'node:crypto';
+import type { SpiffeId } from '../identity/index.js';
+import { parseSpiffeId } from '../identity/index.js';
+import type { CertificateFields } from './x509-read.js';
+import { readCertificate } from './x509-read.js';
+
+/** Why a peer's certificate chain is refused; the same names the proxy logs and counts. */
+export type ChainRefusal =
+  | 'NO_CLIENT_CERT'
+  | 'UNKNOWN_CA'
+  | 'CERT_EXPIRED'
+  | 'NOT_YET_VALID'
+  | 'NO_SPIFFE_ID'
+  | 'UNTRUSTED_TRUST_DOMAIN'
+  | 'BAD_CERTIFICATE';
+
+export type ChainVerdict =
+  | { readonly ok: true; readonly identities: readonly SpiffeId[]; readonly notAfter: Date }
+  | { readonly ok: false; readonly reason: ChainRefusal; readonly message: string };
+
+function refuse(reason: ChainRefusal, message: string): ChainVerdict {
+  return { ok: false, reason, message };
+}
+
+/**
+ * Verifies a peer's chain (leaf first) against trusted roots at `nowMs`, then its SPIFFE identity
+ * against the trusted trust domains: what a STRICT port and the CA's renewal path both require.
+ * Each certificate must be signed by the next (or by a root), within its validity, and CAs above
+ * the leaf must be CAs. A refusal names the first rule that failed.
+ */
+export function verifyPeerChain(
+  chain: readonly Buffer[],
+  roots: readonly Buffer[],
+  nowMs: number,
+  trustDomains: readonly string[],
+): ChainVerdict {
+  if (chain.length === 0) return refuse('NO_CLIENT_CERT', 'the peer presented no certificate');
+  let certs: X509Certificate[];
+  let anchors: X509Certificate[];
+  try {
+    certs = chain.map((c) => new X509Certificate(c));
+    anchors = roots.map((r) => new X509Certificate(r));
+  } catch (err) {
+    return refuse('BAD_CERTIFICATE', `unreadable certificate: ${(err as Error).message}`);
+  }
+  // Walk up: each certificate must be issued by the next one presented, or by a trusted root.
+  let anchored = false;
+  for (let i = 0; i < certs.length && !anchored; i++) {
+    const cert = certs[i]!;
+    const root = anchors.find((a) => cert.checkIssued(a) && cert.verify(a.publicKey));
+    if (root) {
+      anchored = true;
+      certs = certs.slice(0, i + 1);
+      certs.push(root);
+      break;
+    }
+    const next = certs[i + 1];
+    if (!next || !cert.checkIssued(next) || !cert.verify(next.publicKey) || !next.ca) {
+      // An empty issuer name (a leaf used as a CA) leaves `issuer` undefined.
+      const issuer = (cert.issuer ?? '').replace(/\n/g, ', ') || '(empty)';
+      return refuse(
+        'UNKNOWN_CA',
+        `the certificate chain does not lead to a trusted root (issuer: ${issuer})`,
+      );
+    }
+  }
+  if (!anchored) return refuse('UNKNOWN_CA', 'the certificate chain does not lead to a trusted root');
+  // RFC 5280 6.1.4: every issuer must be a CA allowed to sign certificates, and a pathLenConstraint
+  // bounds how many intermediates may follow it toward the leaf.
+  for (let i = 1; i < certs.length; i++) {
+    let fields: CertificateFields;
+    try {
+      fields = readCertificate(Buffer.from(certs[i]!.raw));
+    } catch (err) {
+      return refuse('BAD_CERTIFICATE', `unreadable certificate: ${(err as Error).message}`);
+    }
+    if (!fields.isCa || (fields.keyUsage !== undefined && !fields.keyUsage.includes('keyCertSign'))) {
+      return refuse(
+        'UNKNOWN_CA',
+        `an issuer in the chain is not a CA allowed to sign certificates (${fields.subject || '(empty)'})`,
+      );
+    }
+    const below = i - 1;
+    if (fields.pathLength !== undefined && below > fields.pathLength) {
+      return refuse(
+        'UNKNOWN_CA',
+        `the chain is longer than ${fields.subject} allows (pathLen ${fields.pathLength}, ${below} intermediate${below === 1 ? '' : 's'} below it)`,
+      );
+    }
+  }
+  for (const cert of certs) {
+    const from = Date.parse(cert.validFrom);
+    const to = Date.parse(cert.validTo);
+    if (nowMs < from) {
+      return refuse(
+        'NOT_YET_VALID',
+        `certificate not valid until ${new Date(from).toISOString()} (skew ${Math.round((from - nowMs) / 1000)}s)`,
+      );
+    }
+    if (nowMs > to) return refuse('CERT_EXPIRED', `certificate expired at ${new Date(to).toISOString()}`);
+  }
+  const leaf = certs[0]!;
+  const uris = (leaf.subjectAltName ?? '')
+    .split(', ')
+    .filter((s) => s.startsWith('URI:'))
+    .map((s) => s.slice(4));
+  const identities: SpiffeId[] = [];
+  for (const uri of uris) {
+    const parsed = parseSpiffeId(uri);
+    if (parsed.ok) identities.push(parsed.id);
+  }
+  if (identities.length === 0) return refuse('NO_SPIFFE_ID', 'the certificate carries no SPIFFE ID');
+  const trusted = identities.filter((id) => trustDomains.includes(id.trustDomain));
+  if (trusted.length === 0) {
+    return refuse(
+      'UNTRUSTED_TRUST_DOMAIN',
+      `peer identity ${identities.map((i) => i.uri).join(', ')} is not in a trusted trust domain (${trustDomains.join(', ')})`,
+    );
+  }
+  return { ok: true, identities: trusted, notAfter: new Date(Date.parse(leaf.validTo)) };
+}
