@@ -95,7 +95,7 @@ function formatReports(title: string, reports: readonly CertificateReport[]): st
     out.push(`      issuer:   ${r.issuer}`);
     out.push(`      serial:   ${r.serial}`);
     out.push(
-      `      valid:    ${r.notBefore} .. ${r.notAfter} (${r.lifetime}); ${r.timeLeftMs > 0 ? `${r.timeLeft} left` : r.timeLeft}`,
+      `      valid:    ${r.notBefore} .. ${r.notAfter} (${r.lifetime}); ${r.timeLeftMs >= 0 ? `${r.timeLeft} left` : r.timeLeft}`,
     );
     out.push(`      usage:    ${[...r.keyUsage, ...r.extKeyUsage].join(', ') || '(none)'}`);
     for (const w of r.warnings) out.push(`      WARNING:  ${w}`);

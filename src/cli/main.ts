@@ -5,6 +5,7 @@ import { runAnalyze } from './analyze.js';
 import { runCa } from './ca.js';
 import { runExplain } from './explain.js';
 import type { CommandIo } from './io.js';
+import { runProxy } from './proxy.js';
 import { runValidate } from './validate.js';
 
 export const USAGE = `kmtls — mutual TLS for Kubernetes services, exact to Istio's PeerAuthentication
@@ -17,6 +18,7 @@ Commands:
   validate -f PATH...                 schema and Istio webhook validation (exit 1 on errors)
   analyze -f PATH...                  cross-resource findings (exit 1 on error-level findings)
   ca init|issue|inspect|rotate        the mesh certificate authority (see kmtls ca help)
+  proxy --config FILE --cert-dir DIR  the sidecar, standalone
   version                             print the version
 
 Every command that reads manifests takes -f PATH (file, directory or -, repeatable),
@@ -28,6 +30,7 @@ type Command = (argv: readonly string[], io: CommandIo) => Promise<number>;
 const COMMANDS: Record<string, Command> = {
   ca: runCa,
   explain: runExplain,
+  proxy: runProxy,
   validate: runValidate,
   analyze: runAnalyze,
 };

@@ -14,6 +14,20 @@ export {
   SIDECAR_CONTAINER,
   TLS_MODE_LABEL,
 } from './membership.js';
+export type {
+  InboundPortConfig,
+  OutboundConfig,
+  OutboundEndpointConfig,
+  ProxyConfig,
+  ProxyConfigResult,
+} from './proxy-config.js';
+export {
+  CLIENT_ALPN_HTTP,
+  CLIENT_ALPN_TCP,
+  MESH_ALPNS,
+  parseProxyConfig,
+  proxyConfigSchema,
+} from './proxy-config.js';
 export type * from './resources.js';
 export { EMPTY_RESOURCES, POD_SOURCE_KINDS } from './resources.js';
 export type { MeshOptions, MeshSnapshot, MeshWorkload } from './snapshot.js';

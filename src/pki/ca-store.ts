@@ -121,8 +121,10 @@ export function caFromSecret(secret: Secret): StoredCa {
     }
   };
   const number = (name: string): number => {
-    const v = Number(secret.annotations[name]);
-    if (!Number.isFinite(v) || v < 0) throw corrupt(secret, `annotation ${name} is not a number`);
+    const raw = secret.annotations[name];
+    // Digits only: Number() reads '' and ' ' as 0, and a retire-after of 0 would retire a root at once.
+    const v = raw !== undefined && /^[0-9]+$/.test(raw) ? Number(raw) : Number.NaN;
+    if (!Number.isSafeInteger(v)) throw corrupt(secret, `annotation ${name} is not a number`);
     return v;
   };
   const trustDomain = secret.annotations[ANNOTATION.trustDomain];
@@ -153,15 +155,28 @@ export function caFromSecret(secret: Secret): StoredCa {
     if (phase === 'stable') {
       rotation = { phase };
     } else if (phase === 'distributing') {
-      rotation = {
-        phase,
-        next: { certificate: cert('next-root-cert.pem'), key: key('next-root-key.pem') },
-        sinceMs: number(ANNOTATION.since),
-      };
+      const next: RootKeyPair = { certificate: cert('next-root-cert.pem'), key: key('next-root-key.pem') };
+      // The next root signs after the switch: check it now, not once it has signed unverifiable leaves.
+      try {
+        selfSignedMaterial(trustDomain, next);
+      } catch (err) {
+        throw corrupt(
+          secret,
+          `next-root-cert.pem and next-root-key.pem do not make a signer: ${(err as Error).message}`,
+          err,
+        );
+      }
+      if (!trustBundle.some((c) => c.equals(next.certificate)))
+        throw corrupt(secret, 'trust-bundle.pem does not hold the next root');
+      rotation = { phase, next, sinceMs: number(ANNOTATION.since) };
     } else if (phase === 'signing-with-new') {
+      const previous = cert('previous-root-cert.pem');
+      // Leaves of the previous root are still in use: a bundle without it would break them.
+      if (!trustBundle.some((c) => c.equals(previous)))
+        throw corrupt(secret, 'trust-bundle.pem does not hold the previous root');
       rotation = {
         phase,
-        previous: cert('previous-root-cert.pem'),
+        previous,
         sinceMs: number(ANNOTATION.since),
         retireAfterMs: number(ANNOTATION.retireAfter),
       };

@@ -100,7 +100,8 @@ export function inspectCertificates(ders: readonly Buffer[], nowMs: number): Cer
       notAfter: c.notAfter.toISOString(),
       lifetime: formatDuration(c.notAfter.getTime() - c.notBefore.getTime()),
       timeLeftMs: left,
-      timeLeft: left > 0 ? formatDuration(left) : `expired ${formatDuration(-left)} ago`,
+      // NotAfter itself is within the validity period (RFC 5280 4.1.2.5), as the renewer and verifier count it.
+      timeLeft: left >= 0 ? formatDuration(left) : `expired ${formatDuration(-left)} ago`,
       keyUsage: c.keyUsage ?? [],
       extKeyUsage: (c.extKeyUsage ?? []).map((o) => EKU_NAMES[o] ?? o),
       signedByNext,

@@ -1,0 +1,162 @@
+import { watch } from 'node:fs';
+import { readFile } from 'node:fs/promises';
+import path from 'node:path';
+import { pino } from 'pino';
+import { parse as parseYaml } from 'yaml';
+import { KmtlsError } from '../errors.js';
+import type { ProxyConfig } from '../mesh/index.js';
+import { parseProxyConfig } from '../mesh/index.js';
+import type { ProxyIdentity } from '../proxy/index.js';
+import { accessLog, buildIdentity, fanOut, Proxy, ProxyMetrics, startAdmin } from '../proxy/index.js';
+import { parseCommandArgs } from './args.js';
+import type { CommandIo } from './io.js';
+
+export const PROXY_USAGE = `Usage:
+  kmtls proxy --config FILE --cert-dir DIR [--log-level info]
+
+Runs the sidecar standalone. FILE is a ProxyConfig (YAML or JSON; see docs/proxy.md). DIR holds
+cert-chain.pem, key.pem and root-cert.pem (what kmtls ca issue writes). Both are watched: a valid
+change applies to new connections at once; an invalid one is reported and the last good one stays.
+`;
+
+async function readConfig(file: string): Promise<ProxyConfig> {
+  let text: string;
+  try {
+    text = await readFile(file, 'utf8');
+  } catch (err) {
+    throw new KmtlsError(
+      'KMTLS_PROXY_CONFIG_INVALID',
+      `cannot read proxy config ${file}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`,
+    );
+  }
+  let value: unknown;
+  try {
+    value = parseYaml(text);
+  } catch (err) {
+    throw new KmtlsError(
+      'KMTLS_PROXY_CONFIG_INVALID',
+      `proxy config ${file} is not YAML/JSON: ${(err as Error).message.split('\n')[0]}`,
+    );
+  }
+  const r = parseProxyConfig(value);
+  if (!r.ok)
+    throw new KmtlsError(
+      'KMTLS_PROXY_CONFIG_INVALID',
+      `invalid proxy config ${file}: ${r.problems.join('; ')}`,
+    );
+  return r.config;
+}
+
+async function readIdentity(dir: string): Promise<ProxyIdentity> {
+  const read = async (name: string) => {
+    try {
+      return await readFile(path.join(dir, name), 'utf8');
+    } catch (err) {
+      throw new KmtlsError(
+        'KMTLS_PROXY_CERTS_INVALID',
+        `cannot read ${path.join(dir, name)}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`,
+      );
+    }
+  };
+  return buildIdentity({
+    chainPem: await read('cert-chain.pem'),
+    keyPem: await read('key.pem'),
+    bundlePem: await read('root-cert.pem'),
+  });
+}
+
+function hostPort(addr: string): { host: string; port: number } {
+  const i = addr.lastIndexOf(':');
+  return { host: addr.slice(0, i), port: Number(addr.slice(i + 1)) };
+}
+
+/** Long-running: resolves with an exit code when SIGINT/SIGTERM stops the proxy. */
+export async function runProxy(argv: readonly string[], io: CommandIo): Promise<number> {
+  const { values } = parseCommandArgs(argv, {
+    config: { type: 'string' },
+    'cert-dir': { type: 'string' },
+    'log-level': { type: 'string' },
+    help: { type: 'boolean', short: 'h' },
+  });
+  if (values.help) {
+    io.stdout(PROXY_USAGE);
+    return 0;
+  }
+  if (!values.config || !values['cert-dir'])
+    throw new KmtlsError(
+      'KMTLS_CLI_USAGE',
+      `kmtls proxy needs --config FILE and --cert-dir DIR\n\n${PROXY_USAGE}`,
+    );
+  const configFile = values.config;
+  const certDir = values['cert-dir'];
+  const root = pino({ level: values['log-level'] ?? 'info', base: null });
+  const log = root.child({ component: 'proxy' });
+  const config = await readConfig(configFile);
+  let identity: ProxyIdentity | undefined;
+  try {
+    identity = await readIdentity(certDir);
+  } catch (err) {
+    // Not fatal: the proxy starts not ready and picks the certificate up when it appears.
+    log.warn({ code: (err as KmtlsError).code, err: (err as Error).message }, 'no certificate yet');
+  }
+  const metrics = new ProxyMetrics(config.workload);
+  const proxy = new Proxy(config, {
+    clock: { now: Date.now },
+    observer: fanOut(metrics, accessLog(root.child({ component: 'access' }))),
+    ...(identity ? { identity } : {}),
+  });
+  try {
+    await proxy.start();
+  } catch (err) {
+    await proxy.stop();
+    throw new KmtlsError('KMTLS_PROXY_LISTEN', `cannot listen: ${(err as Error).message}`, { cause: err });
+  }
+  const admin = config.admin ? await startAdmin(proxy, metrics, hostPort(config.admin)) : undefined;
+  log.info(
+    {
+      identity: identity?.identity,
+      inbound: config.inbound.length,
+      outbound: config.outbound.length,
+      admin: config.admin,
+    },
+    'proxy started',
+  );
+
+  // Reload on change; a bad file is reported and the last good one keeps serving.
+  let reloading = Promise.resolve();
+  const reload = (what: 'config' | 'certs') => {
+    reloading = reloading.then(async () => {
+      try {
+        if (what === 'config') {
+          await proxy.applyConfig(await readConfig(configFile));
+          log.info({ version: proxy.config.version }, 'config applied');
+        } else {
+          const next = await readIdentity(certDir);
+          proxy.setIdentity(next);
+          log.info(
+            { identity: next.identity, serial: next.serial, notAfter: next.notAfter.toISOString() },
+            'certificate loaded',
+          );
+        }
+      } catch (err) {
+        log.error(
+          { code: (err as KmtlsError).code, err: (err as Error).message },
+          `${what} change refused; keeping the last good one`,
+        );
+      }
+    });
+  };
+  const watchers = [watch(configFile, () => reload('config')), watch(certDir, () => reload('certs'))];
+
+  await new Promise<void>((resolve) => {
+    const stop = () => resolve();
+    process.once('SIGINT', stop);
+    process.once('SIGTERM', stop);
+  });
+  for (const w of watchers) w.close();
+  await reloading;
+  await proxy.stop();
+  admin?.close();
+  log.info('proxy stopped');
+  return 0;
+}

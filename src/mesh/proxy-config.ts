@@ -1,0 +1,126 @@
+import { z } from 'zod';
+import { CLIENT_TLS_MODES } from '../policy/index.js';
+
+/**
+ * The message the control plane sends each sidecar, and the file `kmtls proxy --config` reads:
+ * everything a proxy needs to enforce and originate mTLS for one workload, already decided by the
+ * policy core. The proxy never imports the control plane; both share only this type.
+ */
+
+const address = z
+  .string()
+  .regex(
+    /^(\d{1,3}(\.\d{1,3}){3}|\[[0-9a-fA-F:]+\]|localhost):\d{1,5}$/,
+    'an address is HOST:PORT, e.g. 127.0.0.1:8080',
+  );
+
+const mode = z.enum(['STRICT', 'PERMISSIVE', 'DISABLE']);
+const protocol = z.enum(['tcp', 'http']).default('tcp');
+const spiffe = z.string().startsWith('spiffe://');
+
+export const inboundPortSchema = z.strictObject({
+  /** The workload (container) port this listener stands for. */
+  port: z.number().int().min(1).max(65535),
+  /** Where the sidecar listens (podIP:port locally). */
+  listen: address,
+  /** Where the application listens (127.0.0.1:PORT). */
+  forward: address,
+  mode,
+  protocol,
+  /** The policy that decided the mode, `namespace/name`, or `default` when none did. */
+  policy: z.string().default('default'),
+});
+
+export const outboundEndpointSchema = z.strictObject({
+  address,
+  /** What the client side sends to this endpoint (the policy core's decision). */
+  tls: z.enum(CLIENT_TLS_MODES),
+  /** The pod or workload, for logs. */
+  workload: z.string().optional(),
+});
+
+export const outboundSchema = z.strictObject({
+  /** `host:port` of the service, for logs and metrics. */
+  name: z.string(),
+  listen: address,
+  protocol,
+  endpoints: z.array(outboundEndpointSchema).min(1),
+  /** Secure naming: the identities a server of this service may present. */
+  expectedIdentities: z.array(spiffe).default([]),
+  /** DestinationRule SIMPLE / MUTUAL settings: file paths, as in the rule. */
+  tls: z
+    .strictObject({
+      caCertificates: z.string().optional(),
+      clientCertificate: z.string().optional(),
+      privateKey: z.string().optional(),
+      sni: z.string().optional(),
+      subjectAltNames: z.array(z.string()).optional(),
+    })
+    .optional(),
+});
+
+export const proxyConfigSchema = z.strictObject({
+  version: z.string().default('0'),
+  workload: z.strictObject({ namespace: z.string(), name: z.string(), identity: spiffe }),
+  trustDomains: z.array(z.string()).min(1),
+  inbound: z.array(inboundPortSchema).default([]),
+  outbound: z.array(outboundSchema).default([]),
+  admin: address.optional(),
+  limits: z
+    .strictObject({
+      maxConnections: z.number().int().positive().default(10_000),
+      handshakeTimeoutMs: z.number().int().positive().default(10_000),
+      idleTimeoutMs: z.number().int().positive().default(3_600_000),
+      maxHeaderBytes: z
+        .number()
+        .int()
+        .positive()
+        .default(64 * 1024),
+      /** PERMISSIVE: how long to wait for a first byte before taking the connection as server-first plaintext. */
+      detectTimeoutMs: z.number().int().positive().default(300),
+      /** How long a connection that a new policy refuses may live on before it is closed. */
+      drainMs: z.number().int().nonnegative().default(5_000),
+    })
+    .prefault({}),
+});
+
+export type ProxyConfig = z.infer<typeof proxyConfigSchema>;
+export type InboundPortConfig = z.infer<typeof inboundPortSchema>;
+export type OutboundConfig = z.infer<typeof outboundSchema>;
+export type OutboundEndpointConfig = z.infer<typeof outboundEndpointSchema>;
+
+/** The mesh ALPN values (Istio's): a ClientHello offering one of these is mesh mTLS. */
+export const MESH_ALPNS = [
+  'istio',
+  'istio-peer-exchange',
+  'istio-http/1.0',
+  'istio-http/1.1',
+  'istio-h2',
+] as const;
+/** What a client sidecar offers: TCP ports (Istio's ALPNInMeshWithMxc) and HTTP/1.1 ports (istio.alpn filter). */
+export const CLIENT_ALPN_TCP = ['istio-peer-exchange', 'istio'] as const;
+export const CLIENT_ALPN_HTTP = ['istio-http/1.1', 'istio', 'http/1.1'] as const;
+
+export type ProxyConfigResult = { ok: true; config: ProxyConfig } | { ok: false; problems: string[] };
+
+/** Parses and checks a ProxyConfig; every problem names its path. */
+export function parseProxyConfig(value: unknown): ProxyConfigResult {
+  const r = proxyConfigSchema.safeParse(value);
+  if (!r.success) {
+    return {
+      ok: false,
+      problems: r.error.issues.map((i) => `${i.path.map(String).join('.') || '(root)'}: ${i.message}`),
+    };
+  }
+  const problems: string[] = [];
+  const listens = new Map<string, string>();
+  const claim = (addr: string, what: string) => {
+    const prior = listens.get(addr);
+    if (prior) problems.push(`${what}: listen address ${addr} is already used by ${prior}`);
+    listens.set(addr, what);
+  };
+  r.data.inbound.forEach((p, i) => claim(p.listen, `inbound[${i}]`));
+  r.data.outbound.forEach((o, i) => claim(o.listen, `outbound[${i}]`));
+  if (r.data.admin) claim(r.data.admin, 'admin');
+  return problems.length > 0 ? { ok: false, problems } : { ok: true, config: r.data };
+}

@@ -1,0 +1,344 @@
+import { createHash } from 'node:crypto';
+import type { IncomingMessage, ServerResponse } from 'node:http';
+import http from 'node:http';
+import net from 'node:net';
+import tls from 'node:tls';
+import type { InboundPortConfig } from '../mesh/index.js';
+import { MESH_ALPNS } from '../mesh/index.js';
+import { verifyPeerChain } from '../pki/index.js';
+import type { ProxyIdentity } from './certs.js';
+import { peerChain } from './certs.js';
+import { detectTransport, MAX_CLIENT_HELLO_BYTES } from './detect.js';
+import type { ConnectionRecord, RefusalReason } from './events.js';
+import type { LiveConnection, ProxyRuntime } from './runtime.js';
+import { splice } from './runtime.js';
+
+const XFCC = 'x-forwarded-client-cert';
+
+function hostPort(addr: string): { host: string; port: number } {
+  const i = addr.lastIndexOf(':');
+  return { host: addr.slice(0, i).replace(/^\[|\]$/g, ''), port: Number(addr.slice(i + 1)) };
+}
+
+/** Maps a handshake error to a refusal reason. */
+export function handshakeReason(err: Error & { code?: string }): RefusalReason {
+  const text = `${err.code ?? ''} ${err.message}`;
+  if (/UNSUPPORTED_PROTOCOL|unsupported protocol|WRONG_VERSION_NUMBER|version too low/i.test(text))
+    return 'TLS_VERSION';
+  return 'HANDSHAKE_FAILED';
+}
+
+/**
+ * One inbound workload port: detects what arrives, enforces the port's mode, and forwards what it
+ * accepts to the application. STRICT never opens a connection to the application before the peer's
+ * certificate has been verified, so no plaintext byte ever reaches it.
+ */
+export class InboundListener {
+  private server: net.Server | undefined;
+  private readonly http: http.Server;
+  private readonly agent: http.Agent;
+  private readonly live = new Set<LiveConnection>();
+
+  constructor(
+    private port: InboundPortConfig,
+    private readonly runtime: ProxyRuntime,
+  ) {
+    const limits = runtime.config().limits;
+    this.agent = new http.Agent({ keepAlive: true, maxSockets: 256 });
+    this.http = http.createServer({ maxHeaderSize: limits.maxHeaderBytes }, (req, res) =>
+      this.forwardRequest(req, res),
+    );
+    this.http.on('clientError', (_err, socket) => {
+      if (socket.writable) socket.end('HTTP/1.1 400 Bad Request\r\nconnection: close\r\n\r\n');
+      else socket.destroy();
+    });
+  }
+
+  get config(): InboundPortConfig {
+    return this.port;
+  }
+
+  async listen(): Promise<void> {
+    const server = net.createServer({ pauseOnConnect: true }, (s) => this.accept(s));
+    const { host, port } = hostPort(this.port.listen);
+    await new Promise<void>((resolve, reject) => {
+      server.once('error', reject);
+      server.listen(port, host, () => {
+        server.off('error', reject);
+        resolve();
+      });
+    });
+    this.server = server;
+  }
+
+  /** The port's new mode applies to new connections at once; live ones the new mode refuses are drained. */
+  update(port: InboundPortConfig, drainMs: number): void {
+    const before = this.port;
+    this.port = port;
+    if (before.mode === port.mode) return;
+    for (const c of this.live) {
+      const t = c.record.transport;
+      const refusedNow = port.mode === 'STRICT' && t !== 'mtls';
+      if (!refusedNow) continue;
+      const timer = setTimeout(
+        () =>
+          c.close(
+            'POLICY_CHANGED',
+            `port ${port.port} became ${port.mode} (policy ${port.policy}): ${t} no longer accepted`,
+          ),
+        drainMs,
+      );
+      timer.unref();
+    }
+  }
+
+  async close(): Promise<void> {
+    for (const c of this.live) c.close('POLICY_CHANGED', 'listener closed');
+    this.agent.destroy();
+    await new Promise<void>((resolve) => (this.server ? this.server.close(() => resolve()) : resolve()));
+  }
+
+  private accept(socket: net.Socket): void {
+    const rt = this.runtime;
+    const port = this.port;
+    const limits = rt.config().limits;
+    const record: ConnectionRecord = {
+      id: rt.nextId(),
+      direction: 'inbound',
+      port: port.port,
+      mode: port.mode,
+      policy: port.policy,
+      sourceAddress: `${socket.remoteAddress}:${socket.remotePort}`,
+      destinationAddress: port.forward,
+      bytesReceived: 0,
+      bytesSent: 0,
+      startMs: rt.clock.now(),
+    };
+    let ended = false;
+    const live: LiveConnection = {
+      record,
+      close: (reason, message) => finish('refused', reason, message),
+    };
+    let untrack = () => {};
+    const finish = (outcome: 'accepted' | 'refused', reason?: RefusalReason, message?: string) => {
+      if (ended) return;
+      ended = true;
+      if (outcome === 'refused' || record.outcome === undefined) record.outcome = outcome;
+      if (reason) record.reason = reason;
+      if (message) record.message = message;
+      record.durationMs = rt.clock.now() - record.startMs;
+      socket.destroy();
+      untrack();
+      rt.observer.connectionClosed(record);
+    };
+    socket.on('error', () => finish(record.outcome ?? 'refused', record.reason, record.message));
+    rt.observer.connectionOpened(record);
+    if (rt.connectionCount() >= limits.maxConnections) {
+      finish('refused', 'MAX_CONNECTIONS', `more than ${limits.maxConnections} connections`);
+      return;
+    }
+    untrack = rt.track(live);
+    this.live.add(live);
+    const baseUntrack = untrack;
+    untrack = () => {
+      baseUntrack();
+      this.live.delete(live);
+    };
+
+    // Detection: read (without losing) the first bytes until they say TLS or not.
+    const chunks: Buffer[] = [];
+    let size = 0;
+    const waitMs = port.mode === 'PERMISSIVE' ? limits.detectTimeoutMs : limits.handshakeTimeoutMs;
+    const timer = setTimeout(() => decide(true), waitMs);
+    const onData = (d: Buffer) => {
+      chunks.push(d);
+      size += d.length;
+      decide(false);
+    };
+    const decide = (timedOut: boolean) => {
+      const buf = Buffer.concat(chunks);
+      let detection = detectTransport(buf);
+      if (detection.kind === 'need-more' && !timedOut && size < MAX_CLIENT_HELLO_BYTES) return;
+      clearTimeout(timer);
+      socket.off('data', onData);
+      socket.pause();
+      if (buf.length > 0) socket.unshift(buf);
+      if (detection.kind === 'need-more') detection = { kind: 'plaintext' };
+      this.route(socket, record, detection, buf.length === 0 && timedOut, finish);
+    };
+    socket.on('data', onData);
+    socket.on('end', () => {
+      if (chunks.length === 0) decide(true);
+    });
+    socket.resume();
+  }
+
+  private route(
+    socket: net.Socket,
+    record: ConnectionRecord,
+    detection: ReturnType<typeof detectTransport>,
+    silent: boolean,
+    finish: (outcome: 'accepted' | 'refused', reason?: RefusalReason, message?: string) => void,
+  ): void {
+    const port = this.port;
+    const isTls = detection.kind === 'tls';
+    const meshAlpn = isTls && detection.alpn.some((a) => (MESH_ALPNS as readonly string[]).includes(a));
+    if (isTls) record.alpn = detection.alpn.join(',');
+    switch (port.mode) {
+      case 'STRICT':
+        if (silent)
+          return finish(
+            'refused',
+            'HANDSHAKE_TIMEOUT',
+            'no TLS ClientHello arrived in time on a STRICT port',
+          );
+        if (!isTls)
+          return finish(
+            'refused',
+            'PLAINTEXT_REJECTED',
+            `plaintext on STRICT port ${port.port} (policy ${port.policy})`,
+          );
+        return this.terminate(socket, record, finish);
+      case 'PERMISSIVE':
+        if (meshAlpn) return this.terminate(socket, record, finish);
+        record.transport = isTls ? 'app-tls' : 'plaintext';
+        return this.forward(socket, record, finish, undefined);
+      case 'DISABLE':
+        record.transport = isTls ? 'tls' : 'plaintext';
+        return this.forward(socket, record, finish, undefined);
+      default: {
+        const never: never = port.mode;
+        throw new Error(`BUG: unknown mode ${String(never)}`);
+      }
+    }
+  }
+
+  /** Terminates mesh mTLS and verifies the client's chain and SPIFFE identity with kmtls's own rules. */
+  private terminate(
+    socket: net.Socket,
+    record: ConnectionRecord,
+    finish: (outcome: 'accepted' | 'refused', reason?: RefusalReason, message?: string) => void,
+  ): void {
+    const rt = this.runtime;
+    const identity = rt.identity();
+    if (!identity)
+      return finish('refused', 'HANDSHAKE_FAILED', 'no certificate loaded yet: cannot terminate mTLS');
+    record.transport = 'mtls';
+    const secure = new tls.TLSSocket(socket, {
+      isServer: true,
+      secureContext: identity.serverContext,
+      requestCert: true,
+      rejectUnauthorized: false,
+    });
+    const timer = setTimeout(
+      () =>
+        finish(
+          'refused',
+          'HANDSHAKE_TIMEOUT',
+          `TLS handshake not done in ${rt.config().limits.handshakeTimeoutMs} ms`,
+        ),
+      rt.config().limits.handshakeTimeoutMs,
+    );
+    secure.on('error', (err: Error & { code?: string }) => {
+      clearTimeout(timer);
+      if (record.outcome === undefined) finish('refused', handshakeReason(err), err.message);
+      else finish('accepted');
+    });
+    secure.on('secure', () => {
+      clearTimeout(timer);
+      const version = secure.getProtocol();
+      if (version) record.tlsVersion = version;
+      const cipher = secure.getCipher()?.name;
+      if (cipher) record.cipher = cipher;
+      const chain = peerChain(secure);
+      if (chain.length === 0)
+        return finish('refused', 'NO_CLIENT_CERT', 'the client presented no certificate');
+      const verdict = verifyPeerChain(chain, identity.roots, rt.clock.now(), rt.config().trustDomains);
+      if (!verdict.ok) return finish('refused', verdict.reason, verdict.message);
+      const principal = verdict.identities[0]?.uri;
+      if (principal) record.sourcePrincipal = principal;
+      record.destinationPrincipal = identity.identity;
+      this.forward(secure, record, finish, { identity, peerCertificate: chain[0]! });
+    });
+  }
+
+  /** Hands an accepted stream to the application: bytes as they are, or through the HTTP layer. */
+  private forward(
+    stream: net.Socket,
+    record: ConnectionRecord,
+    finish: (outcome: 'accepted' | 'refused', reason?: RefusalReason, message?: string) => void,
+    mtls: { identity: ProxyIdentity; peerCertificate: Buffer } | undefined,
+  ): void {
+    record.outcome = 'accepted';
+    const port = this.port;
+    // HTTP ports: every request goes through the HTTP layer, so a client's own XFCC header is always
+    // removed; TLS we cannot read (the application's own) is forwarded untouched.
+    if (port.protocol === 'http' && record.transport !== 'app-tls' && record.transport !== 'tls') {
+      (stream as net.Socket & { kmtls?: unknown }).kmtls = { record, mtls };
+      stream.on('close', () => finish('accepted'));
+      this.http.emit('connection', stream);
+      stream.resume();
+      return;
+    }
+    const { host, port: appPort } = hostPort(port.forward);
+    const upstream = net.connect({ host, port: appPort });
+    upstream.once('error', (err) =>
+      finish('refused', 'UPSTREAM_UNREACHABLE', `application at ${port.forward}: ${err.message}`),
+    );
+    upstream.once('connect', () => {
+      splice(stream, upstream, record, () => finish('accepted'));
+      stream.resume();
+    });
+  }
+
+  private forwardRequest(req: IncomingMessage, res: ServerResponse): void {
+    const started = this.runtime.clock.now();
+    const ctx = (
+      req.socket as net.Socket & {
+        kmtls?: { record: ConnectionRecord; mtls?: { identity: ProxyIdentity; peerCertificate: Buffer } };
+      }
+    ).kmtls;
+    const headers = { ...req.headers };
+    delete headers[XFCC];
+    if (ctx?.mtls && ctx.record.sourcePrincipal) {
+      const hash = createHash('sha256').update(ctx.mtls.peerCertificate).digest('hex');
+      headers[XFCC] =
+        `By=${ctx.mtls.identity.identity};Hash=${hash};Subject="";URI=${ctx.record.sourcePrincipal}`;
+    }
+    const { host, port } = hostPort(this.port.forward);
+    const upstream = http.request(
+      { host, port, method: req.method, path: req.url, headers, agent: this.agent },
+      (upRes) => {
+        res.writeHead(upRes.statusCode ?? 502, upRes.statusMessage, upRes.headers);
+        upRes.pipe(res);
+        upRes.on('end', () => this.report(ctx?.record, req, upRes.statusCode ?? 502, started));
+      },
+    );
+    upstream.on('error', (err) => {
+      if (!res.headersSent) {
+        res.writeHead(503, { 'content-type': 'text/plain', 'x-kmtls-reason': 'UPSTREAM_UNREACHABLE' });
+        res.end(`kmtls: the application at ${this.port.forward} is unreachable: ${err.message}\n`);
+      } else {
+        res.destroy();
+      }
+      this.report(ctx?.record, req, 503, started);
+    });
+    req.pipe(upstream);
+  }
+
+  private report(
+    record: ConnectionRecord | undefined,
+    req: IncomingMessage,
+    status: number,
+    started: number,
+  ): void {
+    if (!record) return;
+    this.runtime.observer.request({
+      connection: record,
+      method: req.method ?? '',
+      path: req.url ?? '',
+      status,
+      durationMs: this.runtime.clock.now() - started,
+    });
+  }
+}

@@ -1,0 +1,10 @@
+export { accessLog } from './access-log.js';
+export { startAdmin } from './admin.js';
+export type { ProxyIdentity } from './certs.js';
+export { AEAD_CIPHERS, buildIdentity, peerChain } from './certs.js';
+export type { Detection } from './detect.js';
+export { detectTransport } from './detect.js';
+export type { ConnectionRecord, ProxyObserver, RefusalReason, RequestRecord, Transport } from './events.js';
+export { fanOut, NO_OBSERVER, REFUSAL_REASONS } from './events.js';
+export { ProxyMetrics } from './metrics.js';
+export { Proxy } from './proxy.js';

@@ -1,0 +1,284 @@
+import { readFileSync } from 'node:fs';
+import net from 'node:net';
+import tls from 'node:tls';
+import type { OutboundConfig, OutboundEndpointConfig } from '../mesh/index.js';
+import { CLIENT_ALPN_HTTP, CLIENT_ALPN_TCP } from '../mesh/index.js';
+import { verifyPeerChain } from '../pki/index.js';
+import { AEAD_CIPHERS, peerChain } from './certs.js';
+import type { ConnectionRecord, RefusalReason } from './events.js';
+import { handshakeReason } from './inbound.js';
+import type { LiveConnection, ProxyRuntime } from './runtime.js';
+import { splice } from './runtime.js';
+
+function hostPort(addr: string): { host: string; port: number } {
+  const i = addr.lastIndexOf(':');
+  return { host: addr.slice(0, i).replace(/^\[|\]$/g, ''), port: Number(addr.slice(i + 1)) };
+}
+
+type Attempt =
+  | { ok: true; socket: net.Socket }
+  | { ok: false; reason: RefusalReason; message: string; retryable: boolean };
+
+/**
+ * One destination the application calls: a local listener that picks an endpoint round-robin,
+ * originates what the policy core decided for it (mesh mTLS, plaintext, or the DestinationRule's own
+ * TLS) and checks the server's identity (secure naming). An endpoint that refuses the connection is
+ * skipped for the next one.
+ */
+export class OutboundListener {
+  private server: net.Server | undefined;
+  private next = 0;
+  /** TLS sessions per endpoint, so a new connection resumes instead of a full handshake. */
+  private readonly sessions = new Map<string, Buffer>();
+  private readonly live = new Set<LiveConnection>();
+
+  constructor(
+    private dest: OutboundConfig,
+    private readonly runtime: ProxyRuntime,
+  ) {}
+
+  get config(): OutboundConfig {
+    return this.dest;
+  }
+
+  async listen(): Promise<void> {
+    const server = net.createServer({ pauseOnConnect: true }, (s) => this.accept(s));
+    const { host, port } = hostPort(this.dest.listen);
+    await new Promise<void>((resolve, reject) => {
+      server.once('error', reject);
+      server.listen(port, host, () => {
+        server.off('error', reject);
+        resolve();
+      });
+    });
+    this.server = server;
+  }
+
+  update(dest: OutboundConfig): void {
+    this.dest = dest;
+  }
+
+  async close(): Promise<void> {
+    for (const c of this.live) c.close('POLICY_CHANGED', 'listener closed');
+    await new Promise<void>((resolve) => (this.server ? this.server.close(() => resolve()) : resolve()));
+  }
+
+  private accept(client: net.Socket): void {
+    const rt = this.runtime;
+    const dest = this.dest;
+    const record: ConnectionRecord = {
+      id: rt.nextId(),
+      direction: 'outbound',
+      port: hostPort(dest.name).port,
+      service: dest.name,
+      sourceAddress: `${client.remoteAddress}:${client.remotePort}`,
+      bytesReceived: 0,
+      bytesSent: 0,
+      startMs: rt.clock.now(),
+    };
+    let ended = false;
+    let untrack = () => {};
+    const finish = (outcome: 'accepted' | 'refused', reason?: RefusalReason, message?: string) => {
+      if (ended) return;
+      ended = true;
+      if (record.outcome === undefined || outcome === 'refused') record.outcome = outcome;
+      if (reason) record.reason = reason;
+      if (message) record.message = message;
+      record.durationMs = rt.clock.now() - record.startMs;
+      client.destroy();
+      untrack();
+      rt.observer.connectionClosed(record);
+    };
+    const live: LiveConnection = { record, close: (reason, message) => finish('refused', reason, message) };
+    rt.observer.connectionOpened(record);
+    if (rt.connectionCount() >= rt.config().limits.maxConnections) {
+      finish('refused', 'MAX_CONNECTIONS', `more than ${rt.config().limits.maxConnections} connections`);
+      return;
+    }
+    const baseUntrack = rt.track(live);
+    this.live.add(live);
+    untrack = () => {
+      baseUntrack();
+      this.live.delete(live);
+    };
+    client.on('error', () => finish(record.outcome ?? 'refused'));
+    void this.connectAny(record).then((result) => {
+      if (ended) {
+        if (result.ok) result.socket.destroy();
+        return;
+      }
+      if (!result.ok) return finish('refused', result.reason, result.message);
+      record.outcome = 'accepted';
+      splice(client, result.socket, record, () => finish('accepted'));
+      client.resume();
+    });
+  }
+
+  /** Tries endpoints round-robin from the next one; only a refused or unreachable endpoint moves on. */
+  private async connectAny(record: ConnectionRecord): Promise<Attempt> {
+    const endpoints = this.dest.endpoints;
+    const start = this.next++ % endpoints.length;
+    let last: Attempt = {
+      ok: false,
+      reason: 'UPSTREAM_UNREACHABLE',
+      message: 'no endpoint',
+      retryable: false,
+    };
+    for (let i = 0; i < endpoints.length; i++) {
+      const ep = endpoints[(start + i) % endpoints.length]!;
+      last = await this.connectOne(ep, record);
+      if (last.ok || !last.retryable) return last;
+    }
+    return last;
+  }
+
+  private connectOne(ep: OutboundEndpointConfig, record: ConnectionRecord): Promise<Attempt> {
+    const rt = this.runtime;
+    const { host, port } = hostPort(ep.address);
+    record.destinationPrincipal = undefined;
+    (record as { destinationAddress?: string }).destinationAddress = ep.address;
+    return new Promise<Attempt>((resolve) => {
+      const unreachable = (err: Error) =>
+        resolve({
+          ok: false,
+          reason: 'UPSTREAM_UNREACHABLE',
+          message: `${ep.address}: ${err.message}`,
+          retryable: true,
+        });
+      if (ep.tls === 'DISABLE') {
+        record.transport = 'plaintext';
+        const s = net.connect({ host, port });
+        s.once('error', unreachable);
+        s.once('connect', () => {
+          s.off('error', unreachable);
+          resolve({ ok: true, socket: s });
+        });
+        return;
+      }
+      const identity = rt.identity();
+      const limits = rt.config().limits;
+      let options: tls.ConnectionOptions;
+      if (ep.tls === 'ISTIO_MUTUAL') {
+        if (!identity) {
+          resolve({
+            ok: false,
+            reason: 'HANDSHAKE_FAILED',
+            message: 'no certificate loaded yet: cannot originate mTLS',
+            retryable: false,
+          });
+          return;
+        }
+        record.transport = 'mtls';
+        record.sourcePrincipal = identity.identity;
+        options = {
+          host,
+          port,
+          secureContext: identity.clientContext,
+          ALPNProtocols: [...(this.dest.protocol === 'http' ? CLIENT_ALPN_HTTP : CLIENT_ALPN_TCP)],
+          rejectUnauthorized: false,
+          minVersion: 'TLSv1.2',
+        };
+      } else {
+        // DestinationRule SIMPLE / MUTUAL: the rule's own certificates, verified the ordinary way.
+        record.transport = 'tls';
+        const t = this.dest.tls ?? {};
+        try {
+          options = {
+            host,
+            port,
+            servername: t.sni,
+            ciphers: AEAD_CIPHERS,
+            minVersion: 'TLSv1.2',
+            ...(t.caCertificates ? { ca: readFileSync(t.caCertificates) } : {}),
+            ...(ep.tls === 'MUTUAL' && t.clientCertificate
+              ? { cert: readFileSync(t.clientCertificate) }
+              : {}),
+            ...(ep.tls === 'MUTUAL' && t.privateKey ? { key: readFileSync(t.privateKey) } : {}),
+            rejectUnauthorized: true,
+            checkServerIdentity: (hostname, cert) => {
+              const sans = (cert.subjectaltname ?? '').split(', ').map((s) => s.replace(/^(URI|DNS):/, ''));
+              if (t.subjectAltNames?.length) {
+                return t.subjectAltNames.some((n) => sans.includes(n))
+                  ? undefined
+                  : new Error(
+                      `SAN_MISMATCH: expected one of ${t.subjectAltNames.join(', ')}, got ${sans.join(', ')}`,
+                    );
+              }
+              return t.sni ? tls.checkServerIdentity(hostname, cert) : undefined;
+            },
+          };
+        } catch (err) {
+          resolve({
+            ok: false,
+            reason: 'HANDSHAKE_FAILED',
+            message: `DestinationRule certificates: ${(err as Error).message}`,
+            retryable: false,
+          });
+          return;
+        }
+      }
+      const session = this.sessions.get(ep.address);
+      const s = tls.connect(session ? { ...options, session } : options);
+      const timer = setTimeout(() => {
+        s.destroy();
+        resolve({
+          ok: false,
+          reason: 'HANDSHAKE_TIMEOUT',
+          message: `${ep.address}: no TLS handshake in ${limits.handshakeTimeoutMs} ms`,
+          retryable: true,
+        });
+      }, limits.handshakeTimeoutMs);
+      s.on('session', (sess: Buffer) => this.sessions.set(ep.address, sess));
+      s.once('error', (err: Error & { code?: string }) => {
+        clearTimeout(timer);
+        if (err.code === 'ECONNREFUSED' || err.code === 'ECONNRESET' || err.code === 'EHOSTUNREACH')
+          return unreachable(err);
+        if (/SAN_MISMATCH/.test(err.message)) {
+          resolve({ ok: false, reason: 'SAN_MISMATCH', message: err.message, retryable: false });
+          return;
+        }
+        resolve({
+          ok: false,
+          reason: handshakeReason(err),
+          message: `${ep.address}: ${err.message}`,
+          retryable: false,
+        });
+      });
+      s.once('secureConnect', () => {
+        clearTimeout(timer);
+        record.tlsVersion = s.getProtocol() ?? undefined;
+        record.cipher = s.getCipher()?.name;
+        if (ep.tls !== 'ISTIO_MUTUAL' || !identity) {
+          resolve({ ok: true, socket: s });
+          return;
+        }
+        const chain = peerChain(s);
+        const verdict = verifyPeerChain(chain, identity.roots, rt.clock.now(), rt.config().trustDomains);
+        if (!verdict.ok) {
+          s.destroy();
+          resolve({
+            ok: false,
+            reason: verdict.reason,
+            message: `${ep.address}: ${verdict.message}`,
+            retryable: false,
+          });
+          return;
+        }
+        const presented = verdict.identities.map((i) => i.uri);
+        const expected = this.dest.expectedIdentities;
+        record.destinationPrincipal = presented[0];
+        if (expected.length > 0 && !presented.some((p) => expected.includes(p))) {
+          s.destroy();
+          resolve({
+            ok: false,
+            reason: 'SAN_MISMATCH',
+            message: `${ep.address} presented ${presented.join(', ')}; ${this.dest.name} expects ${expected.join(' or ')}`,
+            retryable: false,
+          });
+          return;
+        }
+        resolve({ ok: true, socket: s });
+      });
+    });
+  }
+}
