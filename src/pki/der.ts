@@ -55,19 +55,29 @@ export function implicitPrimitive(n: number, content: Uint8Array): Buffer {
 
 const oidCache = new Map<string, Buffer>();
 
-/** An OBJECT IDENTIFIER from dotted form; cached, since the same few OIDs recur in every certificate. */
+function base128(value: number): number[] {
+  const chunk: number[] = [value & 0x7f];
+  for (let n = Math.floor(value / 128); n > 0; n = Math.floor(n / 128)) chunk.unshift((n & 0x7f) | 0x80);
+  return chunk;
+}
+
+/**
+ * An OBJECT IDENTIFIER from dotted form (X.690 8.19): the first two arcs combine into one
+ * sub-identifier (40·X + Y, itself base-128, so `2.999` takes two bytes). Cached, since the same few
+ * OIDs recur in every certificate.
+ */
 export function oid(dotted: string): Buffer {
   const cached = oidCache.get(dotted);
   if (cached) return cached;
+  if (!/^[0-9]+(\.[0-9]+)+$/.test(dotted)) throw new DerError(`bad OID: ${JSON.stringify(dotted)}`);
   const arcs = dotted.split('.').map(Number);
-  if (arcs.length < 2 || arcs.some((a) => !Number.isInteger(a) || a < 0))
-    throw new DerError(`bad OID: ${dotted}`);
-  const body: number[] = [40 * arcs[0]! + arcs[1]!];
-  for (const arc of arcs.slice(2)) {
-    const chunk: number[] = [arc & 0x7f];
-    for (let n = Math.floor(arc / 128); n > 0; n = Math.floor(n / 128)) chunk.unshift((n & 0x7f) | 0x80);
-    body.push(...chunk);
+  const [first, second] = arcs as [number, number];
+  if (first > 2 || (first < 2 && second >= 40) || arcs.some((a) => !Number.isSafeInteger(a))) {
+    throw new DerError(
+      `bad OID: ${JSON.stringify(dotted)} (the first arc is 0, 1 or 2; under 0 and 1 the second is below 40)`,
+    );
   }
+  const body = [...base128(40 * first + second), ...arcs.slice(2).flatMap(base128)];
   const out = tlv(TAG.OID, Buffer.from(body));
   oidCache.set(dotted, out);
   return out;
@@ -75,6 +85,8 @@ export function oid(dotted: string): Buffer {
 
 /** A non-negative INTEGER from its big-endian magnitude (a 0x00 is prepended when the top bit is set). */
 export function unsignedInteger(magnitude: Uint8Array): Buffer {
+  // An empty magnitude is zero; X.690 8.3.1 forbids an INTEGER without content octets.
+  if (magnitude.length === 0) return tlv(TAG.INTEGER, Buffer.from([0]));
   let start = 0;
   while (start < magnitude.length - 1 && magnitude[start] === 0) start++;
   const trimmed = magnitude.subarray(start);
@@ -200,18 +212,20 @@ export function bytesOf(buf: Uint8Array, node: DerNode): Buffer {
 
 export function decodeOid(content: Uint8Array): string {
   if (content.length === 0) throw new DerError('empty OID');
-  const first = content[0]!;
-  const arcs = [Math.min(2, Math.floor(first / 40)), first - 40 * Math.min(2, Math.floor(first / 40))];
+  const values: number[] = [];
   let value = 0;
-  for (let i = 1; i < content.length; i++) {
+  for (let i = 0; i < content.length; i++) {
     const b = content[i]!;
     value = value * 128 + (b & 0x7f);
     if (!(b & 0x80)) {
-      arcs.push(value);
+      values.push(value);
       value = 0;
     } else if (i === content.length - 1) {
       throw new DerError('truncated OID');
     }
   }
-  return arcs.join('.');
+  // The first sub-identifier holds the first two arcs: 40·X + Y, with X at most 2.
+  const head = values[0]!;
+  const x = head < 40 ? 0 : head < 80 ? 1 : 2;
+  return [x, head - 40 * x, ...values.slice(1)].join('.');
 }

@@ -46,7 +46,6 @@ function warningsFor(c: CertificateFields, role: CertificateReport['role'], nowM
     );
   }
   if (role === 'leaf') {
-    if (c.isCa) w.push('a leaf certificate marked CA:TRUE');
     if (!c.keyUsage?.includes('digitalSignature'))
       w.push('key usage lacks digitalSignature: TLS handshakes will fail');
     if (c.keyUsage?.includes('keyCertSign')) w.push('a leaf with keyCertSign');

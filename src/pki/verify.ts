@@ -36,12 +36,19 @@ export function verifyPeerChain(
 ): ChainVerdict {
   if (chain.length === 0) return refuse('NO_CLIENT_CERT', 'the peer presented no certificate');
   let certs: X509Certificate[];
-  let anchors: X509Certificate[];
   try {
     certs = chain.map((c) => new X509Certificate(c));
-    anchors = roots.map((r) => new X509Certificate(r));
   } catch (err) {
     return refuse('BAD_CERTIFICATE', `unreadable certificate: ${(err as Error).message}`);
+  }
+  // An unreadable root in the local bundle anchors nothing; it is not the peer's fault.
+  const anchors: X509Certificate[] = [];
+  for (const r of roots) {
+    try {
+      anchors.push(new X509Certificate(r));
+    } catch {
+      // skipped
+    }
   }
   // Walk up: each certificate must be issued by the next one presented, or by a trusted root.
   let anchored = false;

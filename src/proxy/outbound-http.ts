@@ -1,0 +1,164 @@
+import http from 'node:http';
+import type net from 'node:net';
+import type { OutboundConfig, OutboundEndpointConfig } from '../mesh/index.js';
+import type { ConnectionRecord, RefusalReason } from './events.js';
+import type { ProxyRuntime } from './runtime.js';
+
+/** Opens one upstream connection to an endpoint: TLS, verification and secure naming included. */
+export type EndpointConnector = (
+  ep: OutboundEndpointConfig,
+  record: ConnectionRecord,
+) => Promise<
+  { ok: true; socket: net.Socket } | { ok: false; reason: RefusalReason; message: string; retryable: boolean }
+>;
+
+/** Hop-by-hop headers (RFC 9110 7.6.1): they belong to one connection and are not forwarded. */
+const HOP_BY_HOP = [
+  'connection',
+  'keep-alive',
+  'proxy-connection',
+  'te',
+  'trailer',
+  'transfer-encoding',
+  'upgrade',
+];
+
+class RefusedUpstream extends Error {
+  constructor(
+    readonly reason: RefusalReason,
+    message: string,
+    readonly retryable: boolean,
+  ) {
+    super(message);
+  }
+}
+
+/**
+ * The outbound side of an HTTP port: the application's requests are parsed and sent over a pool of
+ * kept-alive upstream connections per endpoint, so a new downstream connection costs no handshake.
+ * A refusal becomes a 503 whose `x-kmtls-reason` header and body say why, instead of a reset.
+ */
+export class HttpOutbound {
+  private readonly server: http.Server;
+  private readonly agents = new Map<string, http.Agent>();
+  private next = 0;
+
+  constructor(
+    private readonly dest: () => OutboundConfig,
+    private readonly runtime: ProxyRuntime,
+    private readonly connect: EndpointConnector,
+  ) {
+    this.server = http.createServer({ maxHeaderSize: runtime.config().limits.maxHeaderBytes }, (req, res) =>
+      this.handle(req, res),
+    );
+    this.server.on('clientError', (_err, socket) => {
+      if (socket.writable) socket.end('HTTP/1.1 400 Bad Request\r\nconnection: close\r\n\r\n');
+      else socket.destroy();
+    });
+  }
+
+  /** Serves one downstream connection. */
+  serve(client: net.Socket, record: ConnectionRecord): void {
+    (client as net.Socket & { kmtls?: ConnectionRecord }).kmtls = record;
+    this.server.emit('connection', client);
+    client.resume();
+  }
+
+  close(): void {
+    for (const a of this.agents.values()) a.destroy();
+    this.agents.clear();
+  }
+
+  private agentFor(ep: OutboundEndpointConfig, record: ConnectionRecord): http.Agent {
+    const key = `${ep.tls}|${ep.address}`;
+    let agent = this.agents.get(key);
+    if (!agent) {
+      agent = new http.Agent({ keepAlive: true, maxSockets: 128, maxFreeSockets: 32 });
+      // Node's Agent waits for the callback: the socket is handed over only once verified.
+      (agent as unknown as { createConnection: unknown }).createConnection = (
+        _opts: unknown,
+        callback: (err: Error | null, socket?: net.Socket) => void,
+      ) => {
+        void this.connect(ep, record).then((r) => {
+          if (r.ok) callback(null, r.socket);
+          else callback(new RefusedUpstream(r.reason, r.message, r.retryable));
+        });
+        return undefined;
+      };
+      this.agents.set(key, agent);
+    }
+    return agent;
+  }
+
+  private handle(req: http.IncomingMessage, res: http.ServerResponse): void {
+    const record = (req.socket as net.Socket & { kmtls?: ConnectionRecord }).kmtls;
+    const started = this.runtime.clock.now();
+    const dest = this.dest();
+    const endpoints = dest.endpoints;
+    const headers: http.OutgoingHttpHeaders = {};
+    for (const [k, v] of Object.entries(req.headers))
+      if (!HOP_BY_HOP.includes(k) && v !== undefined) headers[k] = v;
+    // Buffer nothing: the body streams to the first endpoint that accepts the connection.
+    const start = this.next++ % endpoints.length;
+    const attempt = (i: number) => {
+      const ep = endpoints[(start + i) % endpoints.length]!;
+      const [host, port] = [
+        ep.address.slice(0, ep.address.lastIndexOf(':')),
+        Number(ep.address.slice(ep.address.lastIndexOf(':') + 1)),
+      ];
+      const upstream = http.request(
+        {
+          host,
+          port,
+          method: req.method,
+          path: req.url,
+          headers,
+          agent: record ? this.agentFor(ep, record) : false,
+        },
+        (upRes) => {
+          const out: http.OutgoingHttpHeaders = {};
+          for (const [k, v] of Object.entries(upRes.headers))
+            if (!HOP_BY_HOP.includes(k) && v !== undefined) out[k] = v;
+          res.writeHead(upRes.statusCode ?? 502, upRes.statusMessage, out);
+          upRes.pipe(res);
+          upRes.on('end', () => this.report(record, req, upRes.statusCode ?? 502, started));
+        },
+      );
+      upstream.on('error', (err) => {
+        const refused = err instanceof RefusedUpstream ? err : undefined;
+        // Nothing reached an endpoint that refused the connection: the next one may take the request.
+        if (refused?.retryable && i + 1 < endpoints.length && !res.headersSent) return attempt(i + 1);
+        const reason: RefusalReason = refused?.reason ?? 'UPSTREAM_UNREACHABLE';
+        if (record) {
+          record.reason = reason;
+          record.message = err.message;
+        }
+        if (!res.headersSent) {
+          res.writeHead(503, { 'content-type': 'text/plain', 'x-kmtls-reason': reason });
+          res.end(`kmtls: ${dest.name}: ${reason}: ${err.message}\n`);
+        } else {
+          res.destroy();
+        }
+        this.report(record, req, 503, started);
+      });
+      req.pipe(upstream);
+    };
+    attempt(0);
+  }
+
+  private report(
+    record: ConnectionRecord | undefined,
+    req: http.IncomingMessage,
+    status: number,
+    started: number,
+  ): void {
+    if (!record) return;
+    this.runtime.observer.request({
+      connection: record,
+      method: req.method ?? '',
+      path: req.url ?? '',
+      status,
+      durationMs: this.runtime.clock.now() - started,
+    });
+  }
+}
