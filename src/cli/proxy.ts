@@ -7,7 +7,14 @@ import { KmtlsError } from '../errors.js';
 import type { ProxyConfig } from '../mesh/index.js';
 import { parseProxyConfig } from '../mesh/index.js';
 import type { ProxyIdentity } from '../proxy/index.js';
-import { accessLog, buildIdentity, fanOut, Proxy, ProxyMetrics, startAdmin } from '../proxy/index.js';
+import {
+  accessLog,
+  buildIdentity,
+  fanOut,
+  ProxyMetrics,
+  Proxy as Sidecar,
+  startAdmin,
+} from '../proxy/index.js';
 import { parseCommandArgs } from './args.js';
 import type { CommandIo } from './io.js';
 
@@ -19,16 +26,18 @@ cert-chain.pem, key.pem and root-cert.pem (what kmtls ca issue writes). Both are
 change applies to new connections at once; an invalid one is reported and the last good one stays.
 `;
 
-async function readConfig(file: string): Promise<ProxyConfig> {
-  let text: string;
+async function readConfigText(file: string): Promise<string> {
   try {
-    text = await readFile(file, 'utf8');
+    return await readFile(file, 'utf8');
   } catch (err) {
     throw new KmtlsError(
       'KMTLS_PROXY_CONFIG_INVALID',
       `cannot read proxy config ${file}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`,
     );
   }
+}
+
+function parseConfig(file: string, text: string): ProxyConfig {
   let value: unknown;
   try {
     value = parseYaml(text);
@@ -91,7 +100,8 @@ export async function runProxy(argv: readonly string[], io: CommandIo): Promise<
   const certDir = values['cert-dir'];
   const root = pino({ level: values['log-level'] ?? 'info', base: null });
   const log = root.child({ component: 'proxy' });
-  const config = await readConfig(configFile);
+  let configText = await readConfigText(configFile);
+  const config = parseConfig(configFile, configText);
   let identity: ProxyIdentity | undefined;
   try {
     identity = await readIdentity(certDir);
@@ -100,7 +110,7 @@ export async function runProxy(argv: readonly string[], io: CommandIo): Promise<
     log.warn({ code: (err as KmtlsError).code, err: (err as Error).message }, 'no certificate yet');
   }
   const metrics = new ProxyMetrics(config.workload);
-  const proxy = new Proxy(config, {
+  const proxy = new Sidecar(config, {
     clock: { now: Date.now },
     observer: fanOut(metrics, accessLog(root.child({ component: 'access' }))),
     ...(identity ? { identity } : {}),
@@ -128,13 +138,21 @@ export async function runProxy(argv: readonly string[], io: CommandIo): Promise<
     reloading = reloading.then(async () => {
       try {
         if (what === 'config') {
-          await proxy.applyConfig(await readConfig(configFile));
+          const text = await readConfigText(configFile);
+          // The directory is watched: most events there leave the config as it was.
+          if (text === configText) return;
+          configText = text;
+          await proxy.applyConfig(parseConfig(configFile, text));
           log.info({ version: proxy.config.version }, 'config applied');
         } else {
           const next = await readIdentity(certDir);
           proxy.setIdentity(next);
           log.info(
-            { identity: next.identity, serial: next.serial, notAfter: next.notAfter.toISOString() },
+            {
+              identity: next.identity,
+              serial: next.serial.toLowerCase(),
+              notAfter: next.notAfter.toISOString(),
+            },
             'certificate loaded',
           );
         }
@@ -146,7 +164,12 @@ export async function runProxy(argv: readonly string[], io: CommandIo): Promise<
       }
     });
   };
-  const watchers = [watch(configFile, () => reload('config')), watch(certDir, () => reload('certs'))];
+  // The config's directory, not the file: a file replaced by rename (editors, ConfigMap volumes'
+  // symlink swap) would leave a watch on the file itself attached to the old, deleted inode.
+  const watchers = [
+    watch(path.dirname(configFile), () => reload('config')),
+    watch(certDir, () => reload('certs')),
+  ];
 
   await new Promise<void>((resolve) => {
     const stop = () => resolve();

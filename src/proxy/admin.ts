@@ -1,11 +1,11 @@
 import { X509Certificate } from 'node:crypto';
 import http from 'node:http';
 import type { ProxyMetrics } from './metrics.js';
-import type { Proxy } from './proxy.js';
+import type { Proxy as Sidecar } from './proxy.js';
 
 /** Admin endpoint: /ready, /metrics, /config (no key material), /certs. */
 export function startAdmin(
-  proxy: Proxy,
+  proxy: Sidecar,
   metrics: ProxyMetrics,
   listen: { host: string; port: number },
 ): Promise<http.Server> {
@@ -31,7 +31,8 @@ export function startAdmin(
         if (!id) return send(503, { error: 'no certificate loaded' });
         return send(200, {
           identity: id.identity,
-          serial: id.serial,
+          // Lower-case hex, as kmtls ca issue and ca inspect print it.
+          serial: id.serial.toLowerCase(),
           notAfter: id.notAfter.toISOString(),
           timeLeftSeconds: Math.floor((id.notAfter.getTime() - proxy.runtime.clock.now()) / 1000),
           trustBundle: id.roots.map((r) => new X509Certificate(r).subject.replace(/\n/g, ', ')),

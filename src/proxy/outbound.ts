@@ -4,6 +4,7 @@ import tls from 'node:tls';
 import type { OutboundConfig, OutboundEndpointConfig } from '../mesh/index.js';
 import { CLIENT_ALPN_HTTP, CLIENT_ALPN_TCP } from '../mesh/index.js';
 import { verifyPeerChain } from '../pki/index.js';
+import type { ProxyIdentity } from './certs.js';
 import { AEAD_CIPHERS, peerChain } from './certs.js';
 import type { ConnectionRecord, RefusalReason } from './events.js';
 import { handshakeReason } from './inbound.js';
@@ -20,6 +21,30 @@ type Attempt =
   | { ok: false; reason: RefusalReason; message: string; retryable: boolean };
 
 /**
+ * A TLS session to resume, with what it was made under. A resumed handshake carries no server
+ * certificate, so the chain verified in the full handshake is kept to judge secure naming again; a
+ * session made with another client certificate is not resumed, since the server would see the old one.
+ */
+interface CachedSession {
+  readonly session: Buffer;
+  readonly chain: Buffer[];
+  readonly mode: OutboundEndpointConfig['tls'];
+  readonly identity: ProxyIdentity | undefined;
+}
+
+/** OpenSSL's verify results (node's error codes) for DestinationRule TLS, by the names the mesh uses. */
+const VERIFY_REASONS: Readonly<Record<string, RefusalReason>> = {
+  UNABLE_TO_VERIFY_LEAF_SIGNATURE: 'UNKNOWN_CA',
+  UNABLE_TO_GET_ISSUER_CERT: 'UNKNOWN_CA',
+  UNABLE_TO_GET_ISSUER_CERT_LOCALLY: 'UNKNOWN_CA',
+  SELF_SIGNED_CERT_IN_CHAIN: 'UNKNOWN_CA',
+  DEPTH_ZERO_SELF_SIGNED_CERT: 'UNKNOWN_CA',
+  CERT_HAS_EXPIRED: 'CERT_EXPIRED',
+  CERT_NOT_YET_VALID: 'NOT_YET_VALID',
+  ERR_TLS_CERT_ALTNAME_INVALID: 'SAN_MISMATCH',
+};
+
+/**
  * One destination the application calls: a local listener that picks an endpoint round-robin,
  * originates what the policy core decided for it (mesh mTLS, plaintext, or the DestinationRule's own
  * TLS) and checks the server's identity (secure naming). An endpoint that refuses the connection is
@@ -29,7 +54,7 @@ export class OutboundListener {
   private server: net.Server | undefined;
   private next = 0;
   /** TLS sessions per endpoint, so a new connection resumes instead of a full handshake. */
-  private readonly sessions = new Map<string, Buffer>();
+  private readonly sessions = new Map<string, CachedSession>();
   private readonly live = new Set<LiveConnection>();
 
   constructor(
@@ -42,7 +67,8 @@ export class OutboundListener {
   }
 
   async listen(): Promise<void> {
-    const server = net.createServer({ pauseOnConnect: true }, (s) => this.accept(s));
+    // Half-open: a client that ends its side after the request still gets the whole answer (as in Envoy's tcp_proxy).
+    const server = net.createServer({ pauseOnConnect: true, allowHalfOpen: true }, (s) => this.accept(s));
     const { host, port } = hostPort(this.dest.listen);
     await new Promise<void>((resolve, reject) => {
       server.once('error', reject);
@@ -217,8 +243,10 @@ export class OutboundListener {
           return;
         }
       }
-      const session = this.sessions.get(ep.address);
-      const s = tls.connect(session ? { ...options, session } : options);
+      const cached = this.sessions.get(ep.address);
+      const resumable = cached && cached.mode === ep.tls && cached.identity === identity ? cached : undefined;
+      const s = tls.connect(resumable ? { ...options, session: resumable.session } : options);
+      const chainOf = () => (s.isSessionReused() && resumable ? resumable.chain : peerChain(s));
       const timer = setTimeout(() => {
         s.destroy();
         resolve({
@@ -228,7 +256,9 @@ export class OutboundListener {
           retryable: true,
         });
       }, limits.handshakeTimeoutMs);
-      s.on('session', (sess: Buffer) => this.sessions.set(ep.address, sess));
+      s.on('session', (session: Buffer) =>
+        this.sessions.set(ep.address, { session, chain: chainOf(), mode: ep.tls, identity }),
+      );
       s.once('error', (err: Error & { code?: string }) => {
         clearTimeout(timer);
         if (err.code === 'ECONNREFUSED' || err.code === 'ECONNRESET' || err.code === 'EHOSTUNREACH')
@@ -239,7 +269,7 @@ export class OutboundListener {
         }
         resolve({
           ok: false,
-          reason: handshakeReason(err),
+          reason: (err.code && VERIFY_REASONS[err.code]) || handshakeReason(err),
           message: `${ep.address}: ${err.message}`,
           retryable: false,
         });
@@ -252,7 +282,7 @@ export class OutboundListener {
           resolve({ ok: true, socket: s });
           return;
         }
-        const chain = peerChain(s);
+        const chain = chainOf();
         const verdict = verifyPeerChain(chain, identity.roots, rt.clock.now(), rt.config().trustDomains);
         if (!verdict.ok) {
           s.destroy();
