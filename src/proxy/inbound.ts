@@ -59,7 +59,9 @@ export class InboundListener {
   }
 
   async listen(): Promise<void> {
-    const server = net.createServer({ pauseOnConnect: true }, (s) => this.accept(s));
+    // Half-open: a client that ends its side after a request still gets the whole answer, as
+    // Envoy's tcp_proxy relays a half-close instead of closing the connection.
+    const server = net.createServer({ pauseOnConnect: true, allowHalfOpen: true }, (s) => this.accept(s));
     const { host, port } = hostPort(this.port.listen);
     await new Promise<void>((resolve, reject) => {
       server.once('error', reject);
@@ -148,28 +150,35 @@ export class InboundListener {
     // Detection: read (without losing) the first bytes until they say TLS or not.
     const chunks: Buffer[] = [];
     let size = 0;
-    const waitMs = port.mode === 'PERMISSIVE' ? limits.detectTimeoutMs : limits.handshakeTimeoutMs;
-    const timer = setTimeout(() => decide(true), waitMs);
+    // Only STRICT waits the handshake timeout for a first byte: on the pass-through modes a silent
+    // client may be speaking a server-first protocol, which must reach the application.
+    const waitMs = port.mode === 'STRICT' ? limits.handshakeTimeoutMs : limits.detectTimeoutMs;
+    const timer = setTimeout(() => decide(true, false), waitMs);
     const onData = (d: Buffer) => {
       chunks.push(d);
       size += d.length;
-      decide(false);
+      decide(false, false);
     };
-    const decide = (timedOut: boolean) => {
+    let decided = false;
+    const decide = (timedOut: boolean, clientEnded: boolean) => {
+      // Once: a later 'end' or timer must not route the connection a second time.
+      if (decided) return;
       const buf = Buffer.concat(chunks);
       let detection = detectTransport(buf);
-      if (detection.kind === 'need-more' && !timedOut && size < MAX_CLIENT_HELLO_BYTES) return;
+      if (detection.kind === 'need-more' && !timedOut && !clientEnded && size < MAX_CLIENT_HELLO_BYTES)
+        return;
+      decided = true;
       clearTimeout(timer);
       socket.off('data', onData);
       socket.pause();
-      if (buf.length > 0) socket.unshift(buf);
+      // After 'end' nothing can be unshifted: the bytes travel beside the stream instead.
+      if (buf.length > 0 && !clientEnded) socket.unshift(buf);
       if (detection.kind === 'need-more') detection = { kind: 'plaintext' };
-      this.route(socket, record, detection, buf.length === 0 && timedOut, finish);
+      const silent = buf.length === 0 && (timedOut || clientEnded);
+      this.route(socket, record, detection, silent, finish, clientEnded ? buf : undefined);
     };
     socket.on('data', onData);
-    socket.on('end', () => {
-      if (chunks.length === 0) decide(true);
-    });
+    socket.on('end', () => decide(true, true));
     socket.resume();
   }
 
@@ -179,6 +188,8 @@ export class InboundListener {
     detection: ReturnType<typeof detectTransport>,
     silent: boolean,
     finish: (outcome: 'accepted' | 'refused', reason?: RefusalReason, message?: string) => void,
+    /** What a client sent before it ended, when it ended before detection was done. */
+    endedWith: Buffer | undefined,
   ): void {
     const port = this.port;
     const isTls = detection.kind === 'tls';
@@ -202,10 +213,10 @@ export class InboundListener {
       case 'PERMISSIVE':
         if (meshAlpn) return this.terminate(socket, record, finish);
         record.transport = isTls ? 'app-tls' : 'plaintext';
-        return this.forward(socket, record, finish, undefined);
+        return this.forward(socket, record, finish, undefined, endedWith);
       case 'DISABLE':
         record.transport = isTls ? 'tls' : 'plaintext';
-        return this.forward(socket, record, finish, undefined);
+        return this.forward(socket, record, finish, undefined, endedWith);
       default: {
         const never: never = port.mode;
         throw new Error(`BUG: unknown mode ${String(never)}`);
@@ -244,7 +255,18 @@ export class InboundListener {
       if (record.outcome === undefined) finish('refused', handshakeReason(err), err.message);
       else finish('accepted');
     });
+    // A client that leaves before the handshake is done (FIN or reset, with no TLS error) is
+    // refused now, not left to the handshake timer and then misnamed a timeout.
+    let isSecure = false;
+    const leftEarly = () => {
+      if (isSecure) return;
+      clearTimeout(timer);
+      finish('refused', 'HANDSHAKE_FAILED', 'the client closed the connection during the TLS handshake');
+    };
+    secure.once('end', leftEarly);
+    secure.once('close', leftEarly);
     secure.on('secure', () => {
+      isSecure = true;
       clearTimeout(timer);
       const version = secure.getProtocol();
       if (version) record.tlsVersion = version;
@@ -268,6 +290,7 @@ export class InboundListener {
     record: ConnectionRecord,
     finish: (outcome: 'accepted' | 'refused', reason?: RefusalReason, message?: string) => void,
     mtls: { identity: ProxyIdentity; peerCertificate: Buffer } | undefined,
+    endedWith?: Buffer,
   ): void {
     record.outcome = 'accepted';
     const port = this.port;
@@ -276,16 +299,31 @@ export class InboundListener {
     if (port.protocol === 'http' && record.transport !== 'app-tls' && record.transport !== 'tls') {
       (stream as net.Socket & { kmtls?: unknown }).kmtls = { record, mtls };
       stream.on('close', () => finish('accepted'));
+      // A client that ended before sending a request (at most a fragment of a ClientHello, which
+      // is no HTTP) will send none: end our side too, or the half-open socket would stay forever.
+      if (endedWith) return void stream.end();
       this.http.emit('connection', stream);
       stream.resume();
       return;
     }
     const { host, port: appPort } = hostPort(port.forward);
-    const upstream = net.connect({ host, port: appPort });
-    upstream.once('error', (err) =>
-      finish('refused', 'UPSTREAM_UNREACHABLE', `application at ${port.forward}: ${err.message}`),
-    );
+    const upstream = net.connect({ host, port: appPort, allowHalfOpen: true });
+    const unreachable = (err: Error) =>
+      finish('refused', 'UPSTREAM_UNREACHABLE', `application at ${port.forward}: ${err.message}`);
+    upstream.once('error', unreachable);
     upstream.once('connect', () => {
+      // Connected: a later error (the application resets) ends an accepted connection, which
+      // splice records; the application was reachable.
+      upstream.off('error', unreachable);
+      // The client went away (or was closed) while the application was being dialled.
+      if (stream.destroyed) {
+        upstream.destroy();
+        return finish(record.outcome ?? 'accepted');
+      }
+      if (endedWith && endedWith.length > 0) {
+        record.bytesReceived += endedWith.length;
+        upstream.write(endedWith);
+      }
       splice(stream, upstream, record, () => finish('accepted'));
       stream.resume();
     });
