@@ -7,14 +7,7 @@ import { KmtlsError } from '../errors.js';
 import type { ProxyConfig } from '../mesh/index.js';
 import { parseProxyConfig } from '../mesh/index.js';
 import type { ProxyIdentity } from '../proxy/index.js';
-import {
-  accessLog,
-  buildIdentity,
-  fanOut,
-  ProxyMetrics,
-  Proxy as Sidecar,
-  startAdmin,
-} from '../proxy/index.js';
+import { accessLog, buildIdentity, fanOut, ProxyMetrics, Sidecar, startAdmin } from '../proxy/index.js';
 import { parseCommandArgs } from './args.js';
 import type { CommandIo } from './io.js';
 

@@ -119,8 +119,8 @@ export function parseProxyConfig(value: unknown): ProxyConfigResult {
     if (prior) problems.push(`${what}: listen address ${addr} is already used by ${prior}`);
     listens.set(addr, what);
   };
-  r.data.inbound.forEach((p, i) => claim(p.listen, `inbound[${i}]`));
-  r.data.outbound.forEach((o, i) => claim(o.listen, `outbound[${i}]`));
+  for (const [i, p] of r.data.inbound.entries()) claim(p.listen, `inbound[${i}]`);
+  for (const [i, o] of r.data.outbound.entries()) claim(o.listen, `outbound[${i}]`);
   if (r.data.admin) claim(r.data.admin, 'admin');
   return problems.length > 0 ? { ok: false, problems } : { ok: true, config: r.data };
 }

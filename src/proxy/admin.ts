@@ -1,7 +1,7 @@
 import { X509Certificate } from 'node:crypto';
 import http from 'node:http';
 import type { ProxyMetrics } from './metrics.js';
-import type { Proxy as Sidecar } from './proxy.js';
+import type { Sidecar } from './proxy.js';
 
 /** Admin endpoint: /ready, /metrics, /config (no key material), /certs. */
 export function startAdmin(

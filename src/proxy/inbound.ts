@@ -197,26 +197,30 @@ export class InboundListener {
     if (isTls) record.alpn = detection.alpn.join(',');
     switch (port.mode) {
       case 'STRICT':
-        if (silent)
-          return finish(
-            'refused',
-            'HANDSHAKE_TIMEOUT',
-            'no TLS ClientHello arrived in time on a STRICT port',
-          );
-        if (!isTls)
-          return finish(
+        if (silent) {
+          finish('refused', 'HANDSHAKE_TIMEOUT', 'no TLS ClientHello arrived in time on a STRICT port');
+        } else if (!isTls) {
+          finish(
             'refused',
             'PLAINTEXT_REJECTED',
             `plaintext on STRICT port ${port.port} (policy ${port.policy})`,
           );
-        return this.terminate(socket, record, finish);
+        } else {
+          this.terminate(socket, record, finish);
+        }
+        return;
       case 'PERMISSIVE':
-        if (meshAlpn) return this.terminate(socket, record, finish);
+        if (meshAlpn) {
+          this.terminate(socket, record, finish);
+          return;
+        }
         record.transport = isTls ? 'app-tls' : 'plaintext';
-        return this.forward(socket, record, finish, undefined, endedWith);
+        this.forward(socket, record, finish, undefined, endedWith);
+        return;
       case 'DISABLE':
         record.transport = isTls ? 'tls' : 'plaintext';
-        return this.forward(socket, record, finish, undefined, endedWith);
+        this.forward(socket, record, finish, undefined, endedWith);
+        return;
       default: {
         const never: never = port.mode;
         throw new Error(`BUG: unknown mode ${String(never)}`);
@@ -232,8 +236,10 @@ export class InboundListener {
   ): void {
     const rt = this.runtime;
     const identity = rt.identity();
-    if (!identity)
-      return finish('refused', 'HANDSHAKE_FAILED', 'no certificate loaded yet: cannot terminate mTLS');
+    if (!identity) {
+      finish('refused', 'HANDSHAKE_FAILED', 'no certificate loaded yet: cannot terminate mTLS');
+      return;
+    }
     record.transport = 'mtls';
     const secure = new tls.TLSSocket(socket, {
       isServer: true,

@@ -7,4 +7,4 @@ export { detectTransport } from './detect.js';
 export type { ConnectionRecord, ProxyObserver, RefusalReason, RequestRecord, Transport } from './events.js';
 export { fanOut, NO_OBSERVER, REFUSAL_REASONS } from './events.js';
 export { ProxyMetrics } from './metrics.js';
-export { Proxy } from './proxy.js';
+export { Sidecar } from './proxy.js';

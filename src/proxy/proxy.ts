@@ -12,7 +12,7 @@ import type { LiveConnection, ProxyRuntime } from './runtime.js';
  * connections at once; established connections keep going, except those a stricter mode refuses,
  * which are closed after the drain period.
  */
-export class Proxy {
+export class Sidecar {
   private current: ProxyConfig;
   private id: ProxyIdentity | undefined;
   private readonly inbound = new Map<string, InboundListener>();

@@ -25,7 +25,7 @@ import {
 } from '../../src/pki/index.js';
 import type { ResolvedMtlsMode } from '../../src/policy/index.js';
 import type { ConnectionRecord, ProxyIdentity, ProxyObserver, RequestRecord } from '../../src/proxy/index.js';
-import { buildIdentity, detectTransport, Proxy as Sidecar } from '../../src/proxy/index.js';
+import { buildIdentity, detectTransport, Sidecar } from '../../src/proxy/index.js';
 import type { ClientCredentials, PeerRun } from './peers.js';
 import { runPeer, writeTempFiles } from './peers.js';
 

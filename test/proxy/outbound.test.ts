@@ -16,7 +16,7 @@ import { test } from 'node:test';
 import { pino } from 'pino';
 import type { OutboundEndpointConfig } from '../../src/mesh/index.js';
 import type { ProxyIdentity, ProxyObserver } from '../../src/proxy/index.js';
-import { accessLog, fanOut, ProxyMetrics, Proxy as Sidecar } from '../../src/proxy/index.js';
+import { accessLog, fanOut, ProxyMetrics, Sidecar } from '../../src/proxy/index.js';
 import { runPeer, tempDir } from '../helpers/peers.js';
 import type { Material, RecordingObserver } from '../helpers/proxy-harness.js';
 import {
