@@ -100,12 +100,53 @@ function toDer(input: Buffer | string): Buffer {
   return typeof input === 'string' ? Buffer.from(input, 'base64') : input;
 }
 
-/**
- * Parses a PKCS#10 CertificationRequest and checks that it is signed by the key it carries. The
- * subject and any SAN it asks for are deliberately not read: the CA issues for the authenticated
- * caller, never for what the request says.
- */
+/** A parsed request whose signature is still to be checked. */
+interface ParsedCsr {
+  readonly info: Buffer;
+  readonly spki: Buffer;
+  readonly publicKey: KeyObject;
+  readonly hash: 'sha256' | 'sha384' | 'sha512';
+  readonly signature: Buffer;
+}
+
+const BAD_SIGNATURE =
+  'certificate request signature does not verify (it was not signed by the key it carries)';
+
+/** Checks a PKCS#10 request's signature synchronously; see `parseCsr`. */
 export function verifyCsr(input: Buffer | string): VerifiedCsr {
+  const p = parseCsr(input);
+  let valid = false;
+  try {
+    valid = verify(p.hash, p.info, { key: p.publicKey, dsaEncoding: 'der' }, p.signature);
+  } catch {
+    valid = false;
+  }
+  if (!valid) throw new KmtlsError('KMTLS_PKI_CSR_SIGNATURE', BAD_SIGNATURE);
+  return { subjectPublicKeyInfo: p.spki, publicKey: p.publicKey };
+}
+
+/** The same check on libuv's thread pool, so a burst of requests uses every core. */
+export function verifyCsrAsync(input: Buffer | string): Promise<VerifiedCsr> {
+  return new Promise((resolve, reject) => {
+    let p: ParsedCsr;
+    try {
+      p = parseCsr(input);
+    } catch (err) {
+      reject(err);
+      return;
+    }
+    verify(p.hash, p.info, { key: p.publicKey, dsaEncoding: 'der' }, p.signature, (err, valid) => {
+      if (err || !valid) reject(new KmtlsError('KMTLS_PKI_CSR_SIGNATURE', BAD_SIGNATURE));
+      else resolve({ subjectPublicKeyInfo: p.spki, publicKey: p.publicKey });
+    });
+  });
+}
+
+/**
+ * Parses a PKCS#10 CertificationRequest and imports its key. The subject and any SAN it asks for
+ * are deliberately not read: the CA issues for the authenticated caller, never for what the request says.
+ */
+function parseCsr(input: Buffer | string): ParsedCsr {
   const der = toDer(input);
   let info: Buffer;
   let spki: Buffer;
@@ -155,19 +196,7 @@ export function verifyCsr(input: Buffer | string): VerifiedCsr {
     );
   }
   checkWorkloadKey(publicKey);
-  let valid = false;
-  try {
-    valid = verify(hash, info, { key: publicKey, dsaEncoding: 'der' }, signature);
-  } catch {
-    valid = false;
-  }
-  if (!valid) {
-    throw new KmtlsError(
-      'KMTLS_PKI_CSR_SIGNATURE',
-      'certificate request signature does not verify (it was not signed by the key it carries)',
-    );
-  }
-  return { subjectPublicKeyInfo: spki, publicKey };
+  return { info, spki, publicKey, hash, signature };
 }
 
 /**

@@ -127,6 +127,27 @@ const KU_LEAF = bitString(Buffer.from([0xa0]), 5);
 /** keyCertSign (bit 5) and cRLSign (bit 6): 0000 0110, 1 unused bit. */
 const KU_CA = bitString(Buffer.from([0x06]), 1);
 
+/** The leaf's fixed extensions, encoded once: basic constraints CA:FALSE, key usage, EKU. */
+const LEAF_FIXED_EXTENSIONS = Buffer.concat([
+  extension(OID.basicConstraints, true, sequence()),
+  extension(OID.keyUsage, true, KU_LEAF),
+  extension(OID.extKeyUsage, false, EKU_SERVER_CLIENT),
+]);
+
+/** Encoded AKI extensions by issuer key id: a CA issues under the same one all day. */
+const akiCache = new Map<string, Buffer>();
+
+function authorityKeyIdExtension(keyId: Buffer): Buffer {
+  const k = keyId.toString('hex');
+  let ext = akiCache.get(k);
+  if (!ext) {
+    ext = extension(OID.authorityKeyIdentifier, false, sequence(implicitPrimitive(0, keyId)));
+    if (akiCache.size > 64) akiCache.clear();
+    akiCache.set(k, ext);
+  }
+  return ext;
+}
+
 export function buildExtensions(t: CertificateTemplate): Buffer {
   const exts: Buffer[] = [];
   if (t.isCa) {
@@ -137,13 +158,10 @@ export function buildExtensions(t: CertificateTemplate): Buffer {
     exts.push(extension(OID.basicConstraints, true, bc));
     exts.push(extension(OID.keyUsage, true, KU_CA));
   } else {
-    exts.push(extension(OID.basicConstraints, true, sequence()));
-    exts.push(extension(OID.keyUsage, true, KU_LEAF));
-    exts.push(extension(OID.extKeyUsage, false, EKU_SERVER_CLIENT));
+    exts.push(LEAF_FIXED_EXTENSIONS);
   }
   exts.push(extension(OID.subjectKeyIdentifier, false, octetString(t.subjectKeyId)));
-  if (t.authorityKeyId)
-    exts.push(extension(OID.authorityKeyIdentifier, false, sequence(implicitPrimitive(0, t.authorityKeyId))));
+  if (t.authorityKeyId) exts.push(authorityKeyIdExtension(t.authorityKeyId));
   if (t.uris.length > 0) {
     // GeneralName uniformResourceIdentifier is [6] IMPLICIT IA5String.
     const names = t.uris.map((u) => implicitPrimitive(6, asciiBytes(u)));
@@ -152,13 +170,9 @@ export function buildExtensions(t: CertificateTemplate): Buffer {
   return explicit(3, sequence(...exts));
 }
 
-/** Builds and signs a certificate; returns its DER. */
-export function buildCertificate(
-  t: CertificateTemplate,
-  signerKey: KeyObject,
-  alg = signatureAlgorithmFor(signerKey),
-): Buffer {
-  const tbs = sequence(
+/** The to-be-signed part of a certificate. */
+export function buildTbs(t: CertificateTemplate, alg: SignatureAlgorithm): Buffer {
+  return sequence(
     explicit(0, smallInteger(2)),
     unsignedInteger(t.serial),
     alg.algorithmIdentifier,
@@ -168,8 +182,21 @@ export function buildCertificate(
     t.subjectPublicKeyInfo,
     buildExtensions(t),
   );
-  const signature = sign(alg.hash, tbs, { key: signerKey, dsaEncoding: 'der' });
+}
+
+/** A certificate from its TBS and the signature over it. */
+export function assembleCertificate(tbs: Buffer, alg: SignatureAlgorithm, signature: Buffer): Buffer {
   return sequence(tbs, alg.algorithmIdentifier, bitString(signature));
+}
+
+/** Builds and signs a certificate synchronously; returns its DER. */
+export function buildCertificate(
+  t: CertificateTemplate,
+  signerKey: KeyObject,
+  alg = signatureAlgorithmFor(signerKey),
+): Buffer {
+  const tbs = buildTbs(t, alg);
+  return assembleCertificate(tbs, alg, sign(alg.hash, tbs, { key: signerKey, dsaEncoding: 'der' }));
 }
 
 export function toPem(der: Buffer, label = 'CERTIFICATE'): string {

@@ -17,11 +17,15 @@ export const REFUSAL_REASONS = [
   'UPSTREAM_UNREACHABLE',
   'MAX_CONNECTIONS',
   'POLICY_CHANGED',
+  'UNEXPECTED_TLS',
 ] as const;
 export type RefusalReason = (typeof REFUSAL_REASONS)[number];
 
-/** How a connection was carried on the listener side. */
-export type Transport = 'mtls' | 'plaintext' | 'app-tls' | 'tls';
+/**
+ * How a connection was carried on the listener side: `raw` is passed on without inspection (DISABLE
+ * on a TCP port), `app-tls` is the application's own TLS passed through, `tls` is TLS kmtls originated.
+ */
+export type Transport = 'mtls' | 'plaintext' | 'app-tls' | 'tls' | 'raw';
 
 /** One connection, as the access log and the metrics see it. */
 export interface ConnectionRecord {
@@ -62,7 +66,9 @@ export interface RequestRecord {
 
 /** Where the proxy reports what happens; metrics and the access log both implement it. */
 export interface ProxyObserver {
+  /** A connection was accepted and is being carried (refused ones never open, as in Istio). */
   connectionOpened(c: ConnectionRecord): void;
+  /** Every connection ends here, accepted or refused. */
   connectionClosed(c: ConnectionRecord): void;
   request(r: RequestRecord): void;
 }

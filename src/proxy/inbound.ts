@@ -134,7 +134,6 @@ export class InboundListener {
       rt.observer.connectionClosed(record);
     };
     socket.on('error', () => finish(record.outcome ?? 'refused', record.reason, record.message));
-    rt.observer.connectionOpened(record);
     if (rt.connectionCount() >= limits.maxConnections) {
       finish('refused', 'MAX_CONNECTIONS', `more than ${limits.maxConnections} connections`);
       return;
@@ -146,6 +145,14 @@ export class InboundListener {
       baseUntrack();
       this.live.delete(live);
     };
+
+    // DISABLE on a TCP port inspects nothing: bytes go to the application as they arrive, at once,
+    // as Envoy's plain TCP chain does (server-first protocols wait for nothing).
+    if (port.mode === 'DISABLE' && port.protocol === 'tcp') {
+      record.transport = 'raw';
+      this.forward(socket, record, finish, undefined, undefined);
+      return;
+    }
 
     // Detection: read (without losing) the first bytes until they say TLS or not.
     const chunks: Buffer[] = [];
@@ -214,11 +221,21 @@ export class InboundListener {
           this.terminate(socket, record, finish);
           return;
         }
+        if (isTls && port.protocol === 'http') {
+          // Istio's PERMISSIVE HTTP chains take mesh mTLS or plaintext HTTP; other TLS matches none.
+          finish('refused', 'UNEXPECTED_TLS', `TLS without a mesh ALPN on PERMISSIVE HTTP port ${port.port}: no filter chain takes it`);
+          return;
+        }
         record.transport = isTls ? 'app-tls' : 'plaintext';
         this.forward(socket, record, finish, undefined, endedWith);
         return;
       case 'DISABLE':
-        record.transport = isTls ? 'tls' : 'plaintext';
+        if (isTls) {
+          // Only HTTP ports get here: Istio's DISABLE HTTP chain parses plaintext HTTP, so TLS is a protocol error.
+          finish('refused', 'UNEXPECTED_TLS', `TLS on DISABLE HTTP port ${port.port} (policy ${port.policy}): the port expects plaintext HTTP`);
+          return;
+        }
+        record.transport = 'plaintext';
         this.forward(socket, record, finish, undefined, endedWith);
         return;
       default: {
@@ -299,6 +316,7 @@ export class InboundListener {
     endedWith?: Buffer,
   ): void {
     record.outcome = 'accepted';
+    this.runtime.observer.connectionOpened(record);
     const port = this.port;
     // HTTP ports: every request goes through the HTTP layer, so a client's own XFCC header is always
     // removed; TLS we cannot read (the application's own) is forwarded untouched.

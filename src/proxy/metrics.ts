@@ -87,22 +87,21 @@ export class ProxyMetrics implements ProxyObserver {
     };
   }
 
-  connectionOpened(): void {
-    // Counted when the connection's security is known (at close), so the labels are true.
+  /** Records opened here, so a connection refused later (a drain) still counts as closed. */
+  private readonly open = new WeakSet<ConnectionRecord>();
+
+  connectionOpened(c: ConnectionRecord): void {
+    // Opened once accepted: the security of the connection, and so every label, is known by then.
+    this.open.add(c);
+    this.opened.inc(this.labels(c));
   }
 
   connectionClosed(c: ConnectionRecord): void {
     if (c.outcome === 'refused' && c.reason) {
-      this.refused.inc({
-        reason: c.reason,
-        policy: c.policy ?? 'none',
-        direction: c.direction,
-        port: String(c.port),
-      });
-      return;
+      this.refused.inc({ reason: c.reason, policy: c.policy ?? 'none', direction: c.direction, port: String(c.port) });
     }
+    if (!this.open.has(c)) return;
     const l = this.labels(c);
-    this.opened.inc(l);
     this.closed.inc(l);
     this.sent.inc(l, c.bytesSent);
     this.received.inc(l, c.bytesReceived);

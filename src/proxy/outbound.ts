@@ -116,7 +116,6 @@ export class OutboundListener {
       rt.observer.connectionClosed(record);
     };
     const live: LiveConnection = { record, close: (reason, message) => finish('refused', reason, message) };
-    rt.observer.connectionOpened(record);
     if (rt.connectionCount() >= rt.config().limits.maxConnections) {
       finish('refused', 'MAX_CONNECTIONS', `more than ${rt.config().limits.maxConnections} connections`);
       return;
@@ -135,6 +134,7 @@ export class OutboundListener {
       }
       if (!result.ok) return finish('refused', result.reason, result.message);
       record.outcome = 'accepted';
+      rt.observer.connectionOpened(record);
       splice(client, result.socket, record, () => finish('accepted'));
       client.resume();
     });

@@ -327,3 +327,27 @@ test('a leaf certificate cannot be used as a signer', () => {
     (err: unknown) => err instanceof KmtlsError && /not a CA certificate/.test(err.message),
   );
 });
+
+test('signAsync issues the same certificate shape on the thread pool, and refuses the same way', async () => {
+  const { ca, root } = newCa();
+  const issued = await ca.signAsync(createCsr(ec()), caller(PAYMENTS));
+  const c = readCertificate(issued.certificate);
+  assert.deepEqual(c.uris, [PAYMENTS.uri]);
+  assert.equal(issued.notAfter.getTime(), T0 + DEFAULT_LEAF_TTL_MS);
+  assert.ok(new X509Certificate(issued.certificate).verify(new X509Certificate(root.certificate).publicKey));
+  const a = createCsr(ec());
+  const forged = Buffer.from(a);
+  forged.set(verifyCsr(createCsr(ec())).subjectPublicKeyInfo, a.indexOf(verifyCsr(a).subjectPublicKeyInfo));
+  await assert.rejects(
+    ca.signAsync(forged, caller(PAYMENTS)),
+    (err: unknown) => err instanceof KmtlsError && err.code === 'KMTLS_PKI_CSR_SIGNATURE',
+  );
+  await assert.rejects(
+    ca.signAsync(Buffer.from('junk'), caller(PAYMENTS)),
+    (err: unknown) => err instanceof KmtlsError && err.code === 'KMTLS_PKI_CSR_MALFORMED',
+  );
+  await assert.rejects(
+    ca.signAsync(createCsr(ec()), caller(PAYMENTS), { ttlMs: MAX_LEAF_TTL_MS + 1000 }),
+    (err: unknown) => err instanceof KmtlsError && err.code === 'KMTLS_PKI_TTL_TOO_LONG',
+  );
+});

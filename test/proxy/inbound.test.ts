@@ -167,7 +167,7 @@ interface MatrixContext {
   readonly tlsApp: RecordingApp;
 }
 
-/** A client that sends the mesh ALPN with these credentials; refused on STRICT and PERMISSIVE with `reason`, raw on DISABLE. */
+/** A client that sends the mesh ALPN with these credentials; refused on STRICT and PERMISSIVE with `reason`, passed on uninspected (`raw`) on DISABLE. */
 function badCertificateCase(name: string, creds: Workload | undefined, reason: RefusalReason) {
   return {
     name: `${name}, mesh ALPN`,
@@ -183,7 +183,7 @@ function badCertificateCase(name: string, creds: Workload | undefined, reason: R
       });
       if (mode === 'DISABLE') {
         // Passed through as it arrived: the echo application got the ClientHello itself.
-        assertPassedThrough(result.rec, 'tls', policy);
+        assertPassedThrough(result.rec, 'raw', policy);
         assert.equal(added, 1);
         assertRawClientHello(echo.connections.at(-1)!.received, MESH_TCP_ALPN);
         assert.equal(result.r.secure, false, 'no TLS server answered');
@@ -212,7 +212,7 @@ const MATRIX: readonly { name: string; run: (c: MatrixContext) => Promise<void> 
         assert.equal(result.r.received.length, 0);
         return;
       }
-      assertPassedThrough(result.rec, 'plaintext', policy);
+      assertPassedThrough(result.rec, mode === 'DISABLE' ? 'raw' : 'plaintext', policy);
       assert.equal(added, 1);
       assert.equal(echo.connections.at(-1)!.received.toString(), PING);
       assert.equal(result.r.received.toString(), PING);
@@ -236,7 +236,7 @@ const MATRIX: readonly { name: string; run: (c: MatrixContext) => Promise<void> 
         assert.equal(result.r.stdout, '');
         return;
       }
-      assertPassedThrough(result.rec, 'plaintext', policy);
+      assertPassedThrough(result.rec, mode === 'DISABLE' ? 'raw' : 'plaintext', policy);
       assert.equal(added, 1);
       assert.deepEqual(echo.connections.at(-1)!.received, Buffer.from(bytes));
       // nc ends its side after stdin; the answer must still come back (TCP half-close).
@@ -257,7 +257,7 @@ const MATRIX: readonly { name: string; run: (c: MatrixContext) => Promise<void> 
       });
       assert.equal(added, 1);
       if (mode === 'DISABLE') {
-        assertPassedThrough(result.rec, 'tls', policy);
+        assertPassedThrough(result.rec, 'raw', policy);
         assertRawClientHello(echo.connections.at(-1)!.received, MESH_TCP_ALPN);
         assert.equal(result.r.secure, false);
         return;
@@ -292,8 +292,9 @@ const MATRIX: readonly { name: string; run: (c: MatrixContext) => Promise<void> 
         assert.equal(result.r.verified, false);
         return;
       }
-      assertPassedThrough(result.rec, mode === 'PERMISSIVE' ? 'app-tls' : 'tls', policy);
-      assert.equal(result.rec.alpn, alpn === 'h2' ? 'h2' : '');
+      assertPassedThrough(result.rec, mode === 'PERMISSIVE' ? 'app-tls' : 'raw', policy);
+      // DISABLE on a TCP port inspects nothing, so it never saw an ALPN.
+      assert.equal(result.rec.alpn, mode === 'DISABLE' ? undefined : alpn === 'h2' ? 'h2' : '');
       // End to end with the application's own certificate: the sidecar did not touch this TLS.
       assert.equal(added, 1);
       assert.ok(result.r.verified, result.r.raw.stdout);
@@ -565,6 +566,24 @@ for (const mode of ['PERMISSIVE', 'DISABLE'] as const) {
   );
 }
 
+for (const mode of ['PERMISSIVE', 'DISABLE'] as const) {
+  test(
+    `${mode} HTTP port: TLS without the mesh ALPN is refused UNEXPECTED_TLS and never reaches the application, as no Istio filter chain takes it`,
+    TEST,
+    async (t) => {
+      const app = await startHttpApp(t);
+      const proxy = await startProxy(t, {
+        identity: server.identity,
+        inbound: [{ port: 8080, mode, protocol: 'http', forward: app.address, policy: 'shop/web' }],
+      });
+      await opensslAppTls(t, proxy.listenPort(8080), appTls, ['-alpn', 'http/1.1']);
+      const rec = await nextRecord(proxy, 8080);
+      assertRefused(rec, 'UNEXPECTED_TLS', 'shop/web');
+      assert.equal(app.requests.length, 0);
+    },
+  );
+}
+
 for (const mode of ['STRICT', 'PERMISSIVE'] as const) {
   test(
     `${mode} HTTP port: on the mTLS path a forged XFCC is replaced by the verified peer's`,
@@ -681,7 +700,7 @@ for (const mode of ['PERMISSIVE', 'DISABLE'] as const) {
         expectBytes: greeting.length + 6,
       });
       assert.equal(r.received.toString(), `${greeting}QUIT\r\n`);
-      assertPassedThrough(await nextRecord(proxy, 2525), 'plaintext', 'shop/smtp');
+      assertPassedThrough(await nextRecord(proxy, 2525), mode === 'DISABLE' ? 'raw' : 'plaintext', 'shop/smtp');
       // One client, one application connection: the client's later close must not open another.
       assert.equal(app.connections.length, 1);
       await app.until(
