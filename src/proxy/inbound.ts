@@ -223,7 +223,11 @@ export class InboundListener {
         }
         if (isTls && port.protocol === 'http') {
           // Istio's PERMISSIVE HTTP chains take mesh mTLS or plaintext HTTP; other TLS matches none.
-          finish('refused', 'UNEXPECTED_TLS', `TLS without a mesh ALPN on PERMISSIVE HTTP port ${port.port}: no filter chain takes it`);
+          finish(
+            'refused',
+            'UNEXPECTED_TLS',
+            `TLS without a mesh ALPN on PERMISSIVE HTTP port ${port.port}: no filter chain takes it`,
+          );
           return;
         }
         record.transport = isTls ? 'app-tls' : 'plaintext';
@@ -232,7 +236,11 @@ export class InboundListener {
       case 'DISABLE':
         if (isTls) {
           // Only HTTP ports get here: Istio's DISABLE HTTP chain parses plaintext HTTP, so TLS is a protocol error.
-          finish('refused', 'UNEXPECTED_TLS', `TLS on DISABLE HTTP port ${port.port} (policy ${port.policy}): the port expects plaintext HTTP`);
+          finish(
+            'refused',
+            'UNEXPECTED_TLS',
+            `TLS on DISABLE HTTP port ${port.port} (policy ${port.policy}): the port expects plaintext HTTP`,
+          );
           return;
         }
         record.transport = 'plaintext';

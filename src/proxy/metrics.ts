@@ -98,7 +98,12 @@ export class ProxyMetrics implements ProxyObserver {
 
   connectionClosed(c: ConnectionRecord): void {
     if (c.outcome === 'refused' && c.reason) {
-      this.refused.inc({ reason: c.reason, policy: c.policy ?? 'none', direction: c.direction, port: String(c.port) });
+      this.refused.inc({
+        reason: c.reason,
+        policy: c.policy ?? 'none',
+        direction: c.direction,
+        port: String(c.port),
+      });
     }
     if (!this.open.has(c)) return;
     const l = this.labels(c);

@@ -74,14 +74,20 @@ export class HttpOutbound {
     let agent = this.agents.get(key);
     if (!agent) {
       agent = new http.Agent({ keepAlive: true, maxSockets: 128, maxFreeSockets: 32 });
-      // Node's Agent waits for the callback: the socket is handed over only once verified.
+      // Node's Agent waits for the callback: the socket is handed over only once verified. What the
+      // connection turned out to be (TLS, principals) travels with the socket to later requests.
       (agent as unknown as { createConnection: unknown }).createConnection = (
         _opts: unknown,
         callback: (err: Error | null, socket?: net.Socket) => void,
       ) => {
-        void this.connect(ep, record).then((r) => {
-          if (r.ok) callback(null, r.socket);
-          else callback(new RefusedUpstream(r.reason, r.message, r.retryable));
+        const upstream: ConnectionRecord = { ...record, bytesReceived: 0, bytesSent: 0 };
+        void this.connect(ep, upstream).then((r) => {
+          if (r.ok) {
+            (r.socket as net.Socket & { kmtlsUpstream?: ConnectionRecord }).kmtlsUpstream = upstream;
+            callback(null, r.socket);
+          } else {
+            callback(new RefusedUpstream(r.reason, r.message, r.retryable));
+          }
         });
         return undefined;
       };
@@ -116,6 +122,15 @@ export class HttpOutbound {
           agent: record ? this.agentFor(ep, record) : false,
         },
         (upRes) => {
+          const up = (upRes.socket as net.Socket & { kmtlsUpstream?: ConnectionRecord }).kmtlsUpstream;
+          if (up && record) {
+            record.transport = up.transport;
+            record.sourcePrincipal = up.sourcePrincipal;
+            record.destinationPrincipal = up.destinationPrincipal;
+            record.tlsVersion = up.tlsVersion;
+            if (up.destinationAddress)
+              (record as { destinationAddress?: string }).destinationAddress = up.destinationAddress;
+          }
           const out: http.OutgoingHttpHeaders = {};
           for (const [k, v] of Object.entries(upRes.headers))
             if (!HOP_BY_HOP.includes(k) && v !== undefined) out[k] = v;

@@ -8,6 +8,7 @@ import type { ProxyIdentity } from './certs.js';
 import { AEAD_CIPHERS, peerChain } from './certs.js';
 import type { ConnectionRecord, RefusalReason } from './events.js';
 import { handshakeReason } from './inbound.js';
+import { HttpOutbound } from './outbound-http.js';
 import type { LiveConnection, ProxyRuntime } from './runtime.js';
 import { splice } from './runtime.js';
 
@@ -56,11 +57,19 @@ export class OutboundListener {
   /** TLS sessions per endpoint, so a new connection resumes instead of a full handshake. */
   private readonly sessions = new Map<string, CachedSession>();
   private readonly live = new Set<LiveConnection>();
+  /** HTTP ports: the pool of upstream connections the application's requests share. */
+  private readonly http: HttpOutbound;
 
   constructor(
     private dest: OutboundConfig,
     private readonly runtime: ProxyRuntime,
-  ) {}
+  ) {
+    this.http = new HttpOutbound(
+      () => this.dest,
+      runtime,
+      (ep, record) => this.connectOne(ep, record),
+    );
+  }
 
   get config(): OutboundConfig {
     return this.dest;
@@ -85,6 +94,7 @@ export class OutboundListener {
   }
 
   async close(): Promise<void> {
+    this.http.close();
     for (const c of this.live) c.close('POLICY_CHANGED', 'listener closed');
     await new Promise<void>((resolve) => (this.server ? this.server.close(() => resolve()) : resolve()));
   }
@@ -127,6 +137,24 @@ export class OutboundListener {
       this.live.delete(live);
     };
     client.on('error', () => finish(record.outcome ?? 'refused'));
+    if (dest.protocol === 'http') {
+      // HTTP: requests go over pooled upstream connections; this record is the downstream connection.
+      record.outcome = 'accepted';
+      record.transport = dest.endpoints.every((e) => e.tls === 'ISTIO_MUTUAL')
+        ? 'mtls'
+        : dest.endpoints.every((e) => e.tls === 'DISABLE')
+          ? 'plaintext'
+          : undefined;
+      if (record.transport === 'mtls') record.sourcePrincipal = rt.identity()?.identity;
+      rt.observer.connectionOpened(record);
+      client.on('close', () => {
+        record.bytesReceived = client.bytesRead;
+        record.bytesSent = client.bytesWritten;
+        finish('accepted');
+      });
+      this.http.serve(client, record);
+      return;
+    }
     void this.connectAny(record).then((result) => {
       if (ended) {
         if (result.ok) result.socket.destroy();

@@ -700,7 +700,11 @@ for (const mode of ['PERMISSIVE', 'DISABLE'] as const) {
         expectBytes: greeting.length + 6,
       });
       assert.equal(r.received.toString(), `${greeting}QUIT\r\n`);
-      assertPassedThrough(await nextRecord(proxy, 2525), mode === 'DISABLE' ? 'raw' : 'plaintext', 'shop/smtp');
+      assertPassedThrough(
+        await nextRecord(proxy, 2525),
+        mode === 'DISABLE' ? 'raw' : 'plaintext',
+        'shop/smtp',
+      );
       // One client, one application connection: the client's later close must not open another.
       assert.equal(app.connections.length, 1);
       await app.until(

@@ -8,6 +8,8 @@ import assert from 'node:assert/strict';
 import { X509Certificate } from 'node:crypto';
 import { once } from 'node:events';
 import { readFile, writeFile } from 'node:fs/promises';
+import http from 'node:http';
+import type { AddressInfo } from 'node:net';
 import net from 'node:net';
 import path from 'node:path';
 import { PassThrough } from 'node:stream';
@@ -180,18 +182,84 @@ test('ISTIO_MUTUAL through a STRICT kmtls server sidecar reaches the app; the se
   assert.equal(inb.alpn, 'istio-peer-exchange,istio');
 });
 
+/** A plain HTTP/1.1 GET through a listener, as an application would send it. */
+function httpGet(
+  port: number,
+  path = '/',
+): Promise<{ status: number; body: string; reason: string | undefined }> {
+  return new Promise((resolve, reject) => {
+    const req = http.get({ host: '127.0.0.1', port, path, agent: false }, (res) => {
+      let body = '';
+      res.setEncoding('utf8');
+      res.on('data', (d: string) => {
+        body += d;
+      });
+      res.on('end', () =>
+        resolve({
+          status: res.statusCode ?? 0,
+          body,
+          reason: res.headers['x-kmtls-reason'] as string | undefined,
+        }),
+      );
+    });
+    req.on('error', reject);
+  });
+}
+
+async function startHttpEcho(t: TestContext): Promise<{ address: string; connections: () => number }> {
+  let connections = 0;
+  const server = http.createServer((req, res) => res.end(`app:${req.method}`));
+  server.on('connection', () => connections++);
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  t.after(() => {
+    server.closeAllConnections();
+    server.close();
+  });
+  return { address: `127.0.0.1:${(server.address() as AddressInfo).port}`, connections: () => connections };
+}
+
 test('ISTIO_MUTUAL on an HTTP destination offers istio-http/1.1 first', async (t) => {
-  const app = await startEchoApp(t, 'app');
+  const app = await startHttpEcho(t);
   const server = await startServerProxy(t, app.address, { mode: 'PERMISSIVE' });
   const client = await startClient(t, [
     { protocol: 'http', endpoints: [{ address: `127.0.0.1:${server.port}`, tls: 'ISTIO_MUTUAL' }] },
   ]);
-  assert.equal((await exchange(client.ports[0]!, 'GET')).answer, 'app:GET');
+  assert.equal((await httpGet(client.ports[0]!)).body, 'app:GET');
+  // The upstream connection is pooled: it closes, and so is recorded, when the client sidecar stops.
+  await client.proxy.stop();
   const inb = await server.observer.nextClosed();
   // PERMISSIVE terminates only what offers a mesh ALPN: being terminated as mtls proves it was offered.
   assert.equal(inb.transport, 'mtls');
   assert.equal(inb.sourcePrincipal, CLIENT_ID);
   assert.equal(inb.alpn, 'istio-http/1.1,istio,http/1.1');
+});
+
+test('HTTP destinations pool upstream mTLS connections: many downstream connections, one handshake', async (t) => {
+  const app = await startHttpEcho(t);
+  const server = await startServerProxy(t, app.address, { mode: 'STRICT' });
+  const client = await startClient(t, [
+    { protocol: 'http', endpoints: [{ address: `127.0.0.1:${server.port}`, tls: 'ISTIO_MUTUAL' }] },
+  ]);
+  for (let i = 0; i < 5; i++) assert.equal((await httpGet(client.ports[0]!, `/${i}`)).body, 'app:GET');
+  // Five separate downstream connections (agent: false), carried by one pooled upstream mTLS
+  // connection: the server side (a TCP port, one application connection per mTLS connection) saw one.
+  assert.equal(app.connections(), 1);
+});
+
+test('an HTTP destination answers a refusal with 503 and x-kmtls-reason instead of a reset', async (t) => {
+  const app = await startHttpEcho(t);
+  const impostor = await startServerProxy(t, app.address, { identity: OTHER_ID });
+  const client = await startClient(t, [
+    {
+      protocol: 'http',
+      endpoints: [{ address: `127.0.0.1:${impostor.port}`, tls: 'ISTIO_MUTUAL' }],
+      expectedIdentities: [SERVER_ID],
+    },
+  ]);
+  const r = await httpGet(client.ports[0]!);
+  assert.equal(r.status, 503);
+  assert.equal(r.reason, 'SAN_MISMATCH');
+  assert.match(r.body, /SAN_MISMATCH/);
 });
 
 test('ISTIO_MUTUAL to openssl s_server -Verify 1: it verifies the client chain, sees the SPIFFE certificate and selects istio', async (t) => {
@@ -249,10 +317,11 @@ test('ISTIO_MUTUAL on an HTTP destination to openssl s_server: istio-http/1.1 is
   const client = await startClient(t, [
     { protocol: 'http', endpoints: [{ address: `127.0.0.1:${peer.port}`, tls: 'ISTIO_MUTUAL' }] },
   ]);
-  const answer = exchange(client.ports[0]!, 'GET / HTTP/1.1');
-  await peer.waitFor(/^GET \/ HTTP\/1\.1$/m, 'the request line');
-  peer.send('HTTP/1.1 204 No Content');
-  assert.equal((await answer).answer, 'HTTP/1.1 204 No Content');
+  const answer = httpGet(client.ports[0]!);
+  await peer.waitFor(/^GET \/ HTTP\/1\.1\r?$/m, 'the request line');
+  // s_server relays its stdin to the client: a whole response, CRLF-terminated (send adds the last \n).
+  peer.send('HTTP/1.1 204 No Content\r\ncontent-length: 0\r\n\r');
+  assert.equal((await answer).status, 204);
   assert.match(
     peer.output(),
     /ALPN protocols advertised by the client: istio-http\/1\.1, istio, http\/1\.1\n/,
