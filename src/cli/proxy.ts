@@ -7,7 +7,15 @@ import { KmtlsError } from '../errors.js';
 import type { ProxyConfig } from '../mesh/index.js';
 import { parseProxyConfig } from '../mesh/index.js';
 import type { ProxyIdentity } from '../proxy/index.js';
-import { accessLog, buildIdentity, fanOut, ProxyMetrics, Sidecar, startAdmin } from '../proxy/index.js';
+import {
+  accessLog,
+  buildIdentity,
+  fanOut,
+  ProxyMetrics,
+  parseAddress,
+  Sidecar,
+  startAdmin,
+} from '../proxy/index.js';
 import { parseCommandArgs } from './args.js';
 import type { CommandIo } from './io.js';
 
@@ -67,11 +75,6 @@ async function readIdentity(dir: string): Promise<ProxyIdentity> {
   });
 }
 
-function hostPort(addr: string): { host: string; port: number } {
-  const i = addr.lastIndexOf(':');
-  return { host: addr.slice(0, i), port: Number(addr.slice(i + 1)) };
-}
-
 /** Long-running: resolves with an exit code when SIGINT/SIGTERM stops the proxy. */
 export async function runProxy(argv: readonly string[], io: CommandIo): Promise<number> {
   const { values } = parseCommandArgs(argv, {
@@ -114,7 +117,7 @@ export async function runProxy(argv: readonly string[], io: CommandIo): Promise<
     await proxy.stop();
     throw new KmtlsError('KMTLS_PROXY_LISTEN', `cannot listen: ${(err as Error).message}`, { cause: err });
   }
-  const admin = config.admin ? await startAdmin(proxy, metrics, hostPort(config.admin)) : undefined;
+  const admin = config.admin ? await startAdmin(proxy, metrics, parseAddress(config.admin)) : undefined;
   log.info(
     {
       identity: identity?.identity,

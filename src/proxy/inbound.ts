@@ -11,14 +11,9 @@ import { peerChain } from './certs.js';
 import { detectTransport, MAX_CLIENT_HELLO_BYTES } from './detect.js';
 import type { ConnectionRecord, RefusalReason } from './events.js';
 import type { LiveConnection, ProxyRuntime } from './runtime.js';
-import { splice } from './runtime.js';
+import { listenOn, parseAddress, splice } from './runtime.js';
 
 const XFCC = 'x-forwarded-client-cert';
-
-function hostPort(addr: string): { host: string; port: number } {
-  const i = addr.lastIndexOf(':');
-  return { host: addr.slice(0, i).replace(/^\[|\]$/g, ''), port: Number(addr.slice(i + 1)) };
-}
 
 /** Maps a handshake error to a refusal reason. */
 export function handshakeReason(err: Error & { code?: string }): RefusalReason {
@@ -59,18 +54,7 @@ export class InboundListener {
   }
 
   async listen(): Promise<void> {
-    // Half-open: a client that ends its side after a request still gets the whole answer, as
-    // Envoy's tcp_proxy relays a half-close instead of closing the connection.
-    const server = net.createServer({ pauseOnConnect: true, allowHalfOpen: true }, (s) => this.accept(s));
-    const { host, port } = hostPort(this.port.listen);
-    await new Promise<void>((resolve, reject) => {
-      server.once('error', reject);
-      server.listen(port, host, () => {
-        server.off('error', reject);
-        resolve();
-      });
-    });
-    this.server = server;
+    this.server = await listenOn(this.port.listen, (s) => this.accept(s));
   }
 
   /** The port's new mode applies to new connections at once; live ones the new mode refuses are drained. */
@@ -338,7 +322,7 @@ export class InboundListener {
       stream.resume();
       return;
     }
-    const { host, port: appPort } = hostPort(port.forward);
+    const { host, port: appPort } = parseAddress(port.forward);
     const upstream = net.connect({ host, port: appPort, allowHalfOpen: true });
     const unreachable = (err: Error) =>
       finish('refused', 'UPSTREAM_UNREACHABLE', `application at ${port.forward}: ${err.message}`);
@@ -356,7 +340,7 @@ export class InboundListener {
         record.bytesReceived += endedWith.length;
         upstream.write(endedWith);
       }
-      splice(stream, upstream, record, () => finish('accepted'));
+      splice(stream, upstream, record, () => finish('accepted'), this.runtime.config().limits.idleTimeoutMs);
       stream.resume();
     });
   }
@@ -375,7 +359,7 @@ export class InboundListener {
       headers[XFCC] =
         `By=${ctx.mtls.identity.identity};Hash=${hash};Subject="";URI=${ctx.record.sourcePrincipal}`;
     }
-    const { host, port } = hostPort(this.port.forward);
+    const { host, port } = parseAddress(this.port.forward);
     const upstream = http.request(
       { host, port, method: req.method, path: req.url, headers, agent: this.agent },
       (upRes) => {

@@ -8,3 +8,4 @@ export type { ConnectionRecord, ProxyObserver, RefusalReason, RequestRecord, Tra
 export { fanOut, NO_OBSERVER, REFUSAL_REASONS } from './events.js';
 export { ProxyMetrics } from './metrics.js';
 export { Sidecar } from './proxy.js';
+export { parseAddress } from './runtime.js';

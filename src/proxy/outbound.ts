@@ -10,12 +10,7 @@ import type { ConnectionRecord, RefusalReason } from './events.js';
 import { handshakeReason } from './inbound.js';
 import { HttpOutbound } from './outbound-http.js';
 import type { LiveConnection, ProxyRuntime } from './runtime.js';
-import { splice } from './runtime.js';
-
-function hostPort(addr: string): { host: string; port: number } {
-  const i = addr.lastIndexOf(':');
-  return { host: addr.slice(0, i).replace(/^\[|\]$/g, ''), port: Number(addr.slice(i + 1)) };
-}
+import { listenOn, parseAddress, splice } from './runtime.js';
 
 type Attempt =
   | { ok: true; socket: net.Socket }
@@ -76,17 +71,7 @@ export class OutboundListener {
   }
 
   async listen(): Promise<void> {
-    // Half-open: a client that ends its side after the request still gets the whole answer (as in Envoy's tcp_proxy).
-    const server = net.createServer({ pauseOnConnect: true, allowHalfOpen: true }, (s) => this.accept(s));
-    const { host, port } = hostPort(this.dest.listen);
-    await new Promise<void>((resolve, reject) => {
-      server.once('error', reject);
-      server.listen(port, host, () => {
-        server.off('error', reject);
-        resolve();
-      });
-    });
-    this.server = server;
+    this.server = await listenOn(this.dest.listen, (s) => this.accept(s));
   }
 
   update(dest: OutboundConfig): void {
@@ -105,7 +90,7 @@ export class OutboundListener {
     const record: ConnectionRecord = {
       id: rt.nextId(),
       direction: 'outbound',
-      port: hostPort(dest.name).port,
+      port: parseAddress(dest.name).port,
       service: dest.name,
       sourceAddress: `${client.remoteAddress}:${client.remotePort}`,
       bytesReceived: 0,
@@ -163,7 +148,7 @@ export class OutboundListener {
       if (!result.ok) return finish('refused', result.reason, result.message);
       record.outcome = 'accepted';
       rt.observer.connectionOpened(record);
-      splice(client, result.socket, record, () => finish('accepted'));
+      splice(client, result.socket, record, () => finish('accepted'), rt.config().limits.idleTimeoutMs);
       client.resume();
     });
   }
@@ -188,7 +173,7 @@ export class OutboundListener {
 
   private connectOne(ep: OutboundEndpointConfig, record: ConnectionRecord): Promise<Attempt> {
     const rt = this.runtime;
-    const { host, port } = hostPort(ep.address);
+    const { host, port } = parseAddress(ep.address);
     record.destinationPrincipal = undefined;
     (record as { destinationAddress?: string }).destinationAddress = ep.address;
     return new Promise<Attempt>((resolve) => {

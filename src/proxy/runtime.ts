@@ -1,4 +1,4 @@
-import type { Socket } from 'node:net';
+import net, { type Socket } from 'node:net';
 import type { ProxyConfig } from '../mesh/index.js';
 import type { Clock } from '../pki/index.js';
 import type { ProxyIdentity } from './certs.js';
@@ -24,8 +24,49 @@ export interface ProxyRuntime {
   connectionCount(): number;
 }
 
-/** Copies bytes both ways, counting them, and closes each side when the other ends. */
-export function splice(a: Socket, b: Socket, record: ConnectionRecord, onClose: () => void): void {
+/** `host:port` (IPv6 in brackets) split for net.connect / listen. */
+export function parseAddress(addr: string): { host: string; port: number } {
+  const i = addr.lastIndexOf(':');
+  return { host: addr.slice(0, i).replace(/^\[|\]$/g, ''), port: Number(addr.slice(i + 1)) };
+}
+
+/**
+ * A listener that hands each connection over paused (so the first bytes can be inspected without
+ * being lost) and half-open (a client that ends its side after a request still gets the whole
+ * answer, as Envoy's tcp_proxy relays a half-close instead of closing).
+ */
+export async function listenOn(address: string, onConnection: (s: Socket) => void): Promise<net.Server> {
+  const server = net.createServer({ pauseOnConnect: true, allowHalfOpen: true }, onConnection);
+  const { host, port } = parseAddress(address);
+  await new Promise<void>((resolve, reject) => {
+    server.once('error', reject);
+    server.listen(port, host, () => {
+      server.off('error', reject);
+      resolve();
+    });
+  });
+  return server;
+}
+
+/**
+ * Copies bytes both ways, counting them, and closes each side when the other ends. A connection
+ * with no bytes either way for `idleMs` is closed (the config's idleTimeoutMs).
+ */
+export function splice(
+  a: Socket,
+  b: Socket,
+  record: ConnectionRecord,
+  onClose: () => void,
+  idleMs?: number,
+): void {
+  if (idleMs !== undefined) {
+    for (const s of [a, b]) {
+      s.setTimeout(idleMs, () => {
+        record.message = `idle for ${idleMs} ms`;
+        finish();
+      });
+    }
+  }
   let closed = false;
   const finish = () => {
     if (closed) return;

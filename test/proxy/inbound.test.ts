@@ -1221,3 +1221,21 @@ test(
     assert.equal(proxy.observer.closed.filter((c) => c.outcome === 'accepted').length, 0);
   },
 );
+
+test('a connection silent both ways for idleTimeoutMs is closed, and the record says so', TEST, async (t) => {
+  const echo = await startEchoApp(t);
+  const proxy = await startProxy(t, {
+    identity: server.identity,
+    inbound: [{ port: ECHO_PORT, mode: 'PERMISSIVE', forward: echo.address, policy: 'shop/idle' }],
+    limits: { idleTimeoutMs: 100, detectTimeoutMs: 60_000 },
+  });
+  const socket = net.connect({ host: '127.0.0.1', port: proxy.listenPort(ECHO_PORT) });
+  t.after(() => socket.destroy());
+  socket.write('hello\n');
+  // The echo comes back, then nothing more: the proxy closes the idle connection.
+  await new Promise<void>((resolve) => socket.once('data', () => resolve()));
+  await new Promise<void>((resolve) => socket.once('close', () => resolve()));
+  const rec = await nextRecord(proxy, ECHO_PORT);
+  assert.equal(rec.outcome, 'accepted');
+  assert.equal(rec.message, 'idle for 100 ms');
+});
