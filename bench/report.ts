@@ -4,6 +4,8 @@
  */
 import type { CaseResult } from './cases.js';
 import type { Timing } from './measure.js';
+import type { PkiResult } from './pki.js';
+import { renderPkiSection } from './pki-report.js';
 
 export interface Environment {
   readonly command: string;
@@ -190,7 +192,14 @@ function readScaling(cases: readonly CaseResult[], h: CaseResult): string[] {
   return lines;
 }
 
-export function renderReport(env: Environment, headline: CaseResult, cases: readonly CaseResult[]): string {
+export function renderReport(
+  env: Environment,
+  headline: CaseResult,
+  cases: readonly CaseResult[],
+  pki: PkiResult,
+  /** The sidecar proxy section, already rendered (bench/proxy/report.ts). */
+  proxySection?: string,
+): string {
   const h = headline;
   const mix = h.mix;
   const out: string[] = [];
@@ -401,5 +410,8 @@ export function renderReport(env: Environment, headline: CaseResult, cases: read
       'move much less. Compare a rerun by its ratios.',
   );
   out.push('');
+  out.push(...renderPkiSection(pki));
+  out.push('');
+  if (proxySection !== undefined) out.push(proxySection, '');
   return out.join('\n');
 }

@@ -1,17 +1,25 @@
 /**
  * `npm run bench`: how fast kmtls resolves PeerAuthentication modes for a large mesh, how that grows,
- * and how it compares with a naive full scan — then writes BENCHMARKS.md from the figures.
+ * and how it compares with a naive full scan; then how many certificates the CA issues per second
+ * against the machine's own signing ceiling (bench/pki.ts); then the sidecar proxy against nginx and haproxy
+ * (bench/proxy.ts) — then writes BENCHMARKS.md from the figures. `--only proxy` runs the last part alone.
  *
  * Times are reported, never judged: the machine is shared, so nothing here fails on a time. It does
- * fail when the indexed resolution and the naive reference disagree on any workload's mode.
+ * fail when the indexed resolution and the naive reference disagree on any workload's mode, and when
+ * an issued certificate does not verify against the root or has the wrong shape.
  */
 import { execFileSync, spawnSync } from 'node:child_process';
-import { writeFileSync } from 'node:fs';
+import { readFileSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import { fileURLToPath } from 'node:url';
 import type { CasePlan, CaseResult } from './cases.js';
 import { runCase } from './cases.js';
 import { hasGc } from './measure.js';
+import type { PkiPlan } from './pki.js';
+import { runPkiBench } from './pki.js';
+import { renderProxySection, replaceProxySection } from './proxy/report.js';
+import type { ProxyPlan } from './proxy.js';
+import { runProxyBench } from './proxy.js';
 import type { Environment } from './report.js';
 import { renderReport } from './report.js';
 
@@ -77,6 +85,46 @@ const GROWTH: readonly CasePlan[] = [
   },
 ];
 
+/**
+ * The PKI part: ~25 s on two shared cores. 2,000 keys give one untimed and nine timed runs of 200
+ * issuances per path, each key used once per path. The @peculiar/x509 baseline is bounded to 400
+ * certificates per path, as it issues fewer than 500 per second; its JIT needs ~100 of them to settle
+ * (the first hundred run ~3× slower than the third), hence the long warm-up.
+ */
+const PKI: PkiPlan = {
+  poolSize: 2_000,
+  rounds: 3,
+  runsPerRound: 3,
+  opensslSeconds: 1,
+  rawSignsPerRun: 1_000,
+  library: { warmup: 100, runs: 3, perRun: 100 },
+};
+
+/**
+ * The sidecar part (bench/proxy.ts): about four minutes, nearly all of it load at fixed durations.
+ * `--only proxy` runs just this part and rewrites just its section of BENCHMARKS.md.
+ */
+const PROXY: ProxyPlan = {
+  throughput: {
+    rounds: 3,
+    warmupSeconds: 1,
+    durationSeconds: 5,
+    threads: 2,
+    connections: 30,
+    closeEachRequest: false,
+  },
+  fixedRate: { rounds: 2, ratePerSecond: 1_000, warmupMs: 1_000, durationMs: 8_000, connections: 16 },
+  newConnections: {
+    rounds: 2,
+    warmupSeconds: 1,
+    durationSeconds: 3,
+    threads: 2,
+    connections: 30,
+    closeEachRequest: true,
+  },
+  withInfoLog: true,
+};
+
 function describeCommit(): string {
   try {
     const git = (...args: string[]) => execFileSync('git', args, { cwd: REPO_ROOT, encoding: 'utf8' }).trim();
@@ -94,16 +142,34 @@ function describeCpu(): string {
   return `${models.join(' / ') || 'unknown'} × ${cpus.length} logical CPUs (os.cpus())`;
 }
 
-function main(): void {
+async function main(): Promise<void> {
   const started = performance.now();
   const log = (line: string) => console.log(line);
   log(`kmtls bench: node ${process.version}, ${describeCpu()}`);
+  const proxyContext = (command: string) => ({
+    command,
+    date: new Date().toISOString(),
+    commit: describeCommit(),
+    node: process.version,
+    cpu: describeCpu(),
+  });
+  if (process.argv.includes('--only')) {
+    const only = process.argv[process.argv.indexOf('--only') + 1];
+    if (only !== 'proxy') throw new Error(`--only ${only ?? ''}: only "proxy" can run alone`);
+    const proxy = await runProxyBench(PROXY, REPO_ROOT, log);
+    const section = renderProxySection(proxy, proxyContext('node --import tsx bench/run.ts --only proxy'));
+    writeFileSync(REPORT, replaceProxySection(readFileSync(REPORT, 'utf8'), section));
+    log(`rewrote the sidecar proxy section of ${fileURLToPath(REPORT)} (${proxy.totalSeconds.toFixed(0)} s)`);
+    return;
+  }
 
   const headline = runCase(HEADLINE, log);
   const growth = GROWTH.map((plan) => runCase(plan, log));
   const byWorkloads = (a: CaseResult, b: CaseResult) =>
     a.workloads - b.workloads || b.plan.shape.namespaces - a.plan.shape.namespaces;
   const cases = [headline, ...growth].sort(byWorkloads);
+  const pki = await runPkiBench(PKI, log);
+  const proxy = renderProxySection(await runProxyBench(PROXY, REPO_ROOT, log), proxyContext('npm run bench'));
 
   const env: Environment = {
     command: 'npm run bench',
@@ -116,12 +182,12 @@ function main(): void {
     seed: SEED,
     totalSeconds: (performance.now() - started) / 1000,
   };
-  writeFileSync(REPORT, renderReport(env, headline, cases));
+  writeFileSync(REPORT, renderReport(env, headline, cases, pki, proxy));
   log(`wrote ${fileURLToPath(REPORT)} (${env.totalSeconds.toFixed(0)} s)`);
 }
 
 if (hasGc()) {
-  main();
+  await main();
 } else {
   // Forcing a GC between runs needs --expose-gc, which `npm run bench` does not pass: run again with it.
   const child = spawnSync(process.execPath, ['--expose-gc', ...process.execArgv, ...process.argv.slice(1)], {

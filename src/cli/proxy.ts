@@ -118,15 +118,6 @@ export async function runProxy(argv: readonly string[], io: CommandIo): Promise<
     throw new KmtlsError('KMTLS_PROXY_LISTEN', `cannot listen: ${(err as Error).message}`, { cause: err });
   }
   const admin = config.admin ? await startAdmin(proxy, metrics, parseAddress(config.admin)) : undefined;
-  log.info(
-    {
-      identity: identity?.identity,
-      inbound: config.inbound.length,
-      outbound: config.outbound.length,
-      admin: config.admin,
-    },
-    'proxy started',
-  );
 
   // Reload on change; a bad file is reported and the last good one keeps serving.
   let reloading = Promise.resolve();
@@ -166,6 +157,18 @@ export async function runProxy(argv: readonly string[], io: CommandIo): Promise<
     watch(path.dirname(configFile), () => reload('config')),
     watch(certDir, () => reload('certs')),
   ];
+  // A change made between the first read and the watches would be missed: look once more.
+  reload('config');
+  await reloading;
+  log.info(
+    {
+      identity: identity?.identity,
+      inbound: config.inbound.length,
+      outbound: config.outbound.length,
+      admin: config.admin,
+    },
+    'proxy started',
+  );
 
   await new Promise<void>((resolve) => {
     const stop = () => resolve();

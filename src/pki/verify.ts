@@ -22,6 +22,26 @@ function refuse(reason: ChainRefusal, message: string): ChainVerdict {
   return { ok: false, reason, message };
 }
 
+/** Parsed roots per bundle array: a bundle is verified against on every connection, parsed once. */
+const rootCache = new WeakMap<readonly Buffer[], X509Certificate[]>();
+
+function parsedRoots(roots: readonly Buffer[]): X509Certificate[] {
+  let anchors = rootCache.get(roots);
+  if (!anchors) {
+    anchors = [];
+    // An unreadable root in the local bundle anchors nothing; it is not the peer's fault.
+    for (const r of roots) {
+      try {
+        anchors.push(new X509Certificate(r));
+      } catch {
+        // skipped
+      }
+    }
+    rootCache.set(roots, anchors);
+  }
+  return anchors;
+}
+
 /**
  * Verifies a peer's chain (leaf first) against trusted roots at `nowMs`, then its SPIFFE identity
  * against the trusted trust domains: what a STRICT port and the CA's renewal path both require.
@@ -41,15 +61,7 @@ export function verifyPeerChain(
   } catch (err) {
     return refuse('BAD_CERTIFICATE', `unreadable certificate: ${(err as Error).message}`);
   }
-  // An unreadable root in the local bundle anchors nothing; it is not the peer's fault.
-  const anchors: X509Certificate[] = [];
-  for (const r of roots) {
-    try {
-      anchors.push(new X509Certificate(r));
-    } catch {
-      // skipped
-    }
-  }
+  const anchors = parsedRoots(roots);
   // Walk up: each certificate must be issued by the next one presented, or by a trusted root.
   let anchored = false;
   for (let i = 0; i < certs.length && !anchored; i++) {

@@ -19,6 +19,7 @@ export function accessLog(log: Logger): ProxyObserver {
         sourcePrincipal: c.sourcePrincipal,
         destinationPrincipal: c.destinationPrincipal,
         tlsVersion: c.tlsVersion,
+        resumed: c.resumed,
         alpn: c.alpn,
         outcome: c.outcome,
         reason: c.reason,

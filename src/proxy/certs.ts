@@ -93,23 +93,33 @@ export function buildIdentity(material: {
     identity,
     serial: leaf.serialNumber,
     notAfter: new Date(leaf.validTo),
-    serverContext: tls.createSecureContext({ ...common, ca: material.bundlePem, honorCipherOrder: true }),
+    // A session id context is what lets OpenSSL resume sessions when client certificates are asked
+    // for; without one every resumption attempt fails ("session id context uninitialized").
+    serverContext: tls.createSecureContext({
+      ...common,
+      ca: material.bundlePem,
+      honorCipherOrder: true,
+      sessionIdContext: 'kmtls-mesh',
+    }),
     clientContext: tls.createSecureContext({ ...common, ca: material.bundlePem }),
   };
 }
 
-/** The peer's chain as DER, leaf first, from a TLS socket. */
+/**
+ * The peer's chain as DER, leaf first, from a TLS socket. Walks `getPeerX509Certificate()` and its
+ * issuers: microseconds, where `getPeerCertificate(true)` builds a JS object per certificate.
+ */
 export function peerChain(socket: tls.TLSSocket): Buffer[] {
   const out: Buffer[] = [];
-  let cert = socket.getPeerCertificate(true) as tls.DetailedPeerCertificate | Record<string, never>;
+  let cert: X509Certificate | undefined = socket.getPeerX509Certificate();
   const seen = new Set<string>();
-  while (cert && 'raw' in cert && cert.raw) {
-    const fp = cert.fingerprint256;
-    if (seen.has(fp)) break;
-    seen.add(fp);
-    out.push(cert.raw);
-    if (!cert.issuerCertificate || cert.issuerCertificate === cert) break;
-    cert = cert.issuerCertificate;
+  while (cert && !seen.has(cert.fingerprint256)) {
+    seen.add(cert.fingerprint256);
+    out.push(Buffer.from(cert.raw));
+    const issuer: X509Certificate | undefined = (
+      cert as X509Certificate & { issuerCertificate?: X509Certificate }
+    ).issuerCertificate;
+    cert = issuer;
   }
   return out;
 }

@@ -44,6 +44,8 @@ export interface ConnectionRecord {
   sourcePrincipal?: string | undefined;
   destinationPrincipal?: string | undefined;
   tlsVersion?: string | undefined;
+  /** Whether the TLS session was resumed (no full handshake). */
+  resumed?: boolean | undefined;
   cipher?: string | undefined;
   alpn?: string | undefined;
   outcome?: 'accepted' | 'refused' | undefined;

@@ -28,11 +28,32 @@ export function handshakeReason(err: Error & { code?: string }): RefusalReason {
  * accepts to the application. STRICT never opens a connection to the application before the peer's
  * certificate has been verified, so no plaintext byte ever reaches it.
  */
+/** A bounded memory of verified chains by leaf certificate (oldest forgotten first). */
+class ChainMemory {
+  private readonly byLeaf = new Map<string, Buffer[]>();
+
+  constructor(private readonly max = 1024) {}
+
+  get(leaf: Buffer): Buffer[] | undefined {
+    return this.byLeaf.get(leaf.toString('base64'));
+  }
+
+  remember(chain: Buffer[]): void {
+    if (chain.length < 2) return;
+    const key = chain[0]!.toString('base64');
+    this.byLeaf.delete(key);
+    this.byLeaf.set(key, chain);
+    if (this.byLeaf.size > this.max) this.byLeaf.delete(this.byLeaf.keys().next().value as string);
+  }
+}
+
 export class InboundListener {
   private server: net.Server | undefined;
   private readonly http: http.Server;
   private readonly agent: http.Agent;
   private readonly live = new Set<LiveConnection>();
+  /** Chains clients presented in full handshakes, by leaf, for their resumed sessions. */
+  private readonly knownChains = new ChainMemory();
 
   constructor(
     private port: InboundPortConfig,
@@ -287,11 +308,21 @@ export class InboundListener {
       if (version) record.tlsVersion = version;
       const cipher = secure.getCipher()?.name;
       if (cipher) record.cipher = cipher;
-      const chain = peerChain(secure);
-      if (chain.length === 0)
-        return finish('refused', 'NO_CLIENT_CERT', 'the client presented no certificate');
+      record.resumed = secure.isSessionReused();
+      let chain = peerChain(secure);
+      if (chain.length === 0) {
+        finish('refused', 'NO_CLIENT_CERT', 'the client presented no certificate');
+        return;
+      }
+      // A resumed session carries the client's certificate but not always its intermediates: use
+      // the chain this client showed in its full handshake (it is verified again all the same).
+      if (secure.isSessionReused() && chain.length === 1) chain = this.knownChains.get(chain[0]!) ?? chain;
       const verdict = verifyPeerChain(chain, identity.roots, rt.clock.now(), rt.config().trustDomains);
-      if (!verdict.ok) return finish('refused', verdict.reason, verdict.message);
+      if (!verdict.ok) {
+        finish('refused', verdict.reason, verdict.message);
+        return;
+      }
+      this.knownChains.remember(chain);
       const principal = verdict.identities[0]?.uri;
       if (principal) record.sourcePrincipal = principal;
       record.destinationPrincipal = identity.identity;

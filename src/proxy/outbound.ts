@@ -259,7 +259,12 @@ export class OutboundListener {
       const cached = this.sessions.get(ep.address);
       const resumable = cached && cached.mode === ep.tls && cached.identity === identity ? cached : undefined;
       const s = tls.connect(resumable ? { ...options, session: resumable.session } : options);
-      const chainOf = () => (s.isSessionReused() && resumable ? resumable.chain : peerChain(s));
+      // Read once per connection: the session event and the verification share it.
+      let chain: Buffer[] | undefined;
+      const chainOf = () => {
+        chain ??= s.isSessionReused() && resumable ? [...resumable.chain] : peerChain(s);
+        return chain;
+      };
       const timer = setTimeout(() => {
         s.destroy();
         resolve({
@@ -274,6 +279,8 @@ export class OutboundListener {
       );
       s.once('error', (err: Error & { code?: string }) => {
         clearTimeout(timer);
+        // A session the server would not resume is never offered again.
+        if (resumable && this.sessions.get(ep.address) === resumable) this.sessions.delete(ep.address);
         if (err.code === 'ECONNREFUSED' || err.code === 'ECONNRESET' || err.code === 'EHOSTUNREACH')
           return unreachable(err);
         if (/SAN_MISMATCH/.test(err.message)) {
@@ -290,13 +297,13 @@ export class OutboundListener {
       s.once('secureConnect', () => {
         clearTimeout(timer);
         record.tlsVersion = s.getProtocol() ?? undefined;
+        record.resumed = s.isSessionReused();
         record.cipher = s.getCipher()?.name;
         if (ep.tls !== 'ISTIO_MUTUAL' || !identity) {
           resolve({ ok: true, socket: s });
           return;
         }
-        const chain = chainOf();
-        const verdict = verifyPeerChain(chain, identity.roots, rt.clock.now(), rt.config().trustDomains);
+        const verdict = verifyPeerChain(chainOf(), identity.roots, rt.clock.now(), rt.config().trustDomains);
         if (!verdict.ok) {
           s.destroy();
           resolve({

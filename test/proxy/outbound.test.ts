@@ -918,3 +918,22 @@ test('metrics carry Istio names with reporter=source and mutual_tls; refusals ar
   assert.match(String(refused.detail), new RegExp(`${SERVER_ID}.*${OTHER_ID}`));
   assert.equal(lines.length, 2);
 });
+
+test('kmtls sidecars resume TLS sessions with each other: the second connection is resumed and accepted on both sides', async (t) => {
+  const app = await startEchoApp(t, 'app');
+  const server = await startServerProxy(t, app.address);
+  const client = await startClient(t, [
+    { endpoints: [{ address: `127.0.0.1:${server.port}`, tls: 'ISTIO_MUTUAL' }] },
+  ]);
+  for (let i = 0; i < 3; i++) {
+    assert.equal((await exchange(client.ports[0]!, `n${i}`)).answer, `app:n${i}`);
+    const inbound = await server.observer.nextClosed();
+    const outbound = await client.observer.nextClosed();
+    assert.equal(inbound.outcome, 'accepted', JSON.stringify(inbound));
+    assert.equal(inbound.sourcePrincipal, CLIENT_ID);
+    assert.equal(outbound.destinationPrincipal, SERVER_ID);
+    // The first connection is a full handshake; the ones after it resume.
+    assert.equal(inbound.resumed, i > 0, `connection ${i} on the server`);
+    assert.equal(outbound.resumed, i > 0, `connection ${i} on the client`);
+  }
+});
