@@ -11,7 +11,7 @@ import { peerChain } from './certs.js';
 import { detectTransport, MAX_CLIENT_HELLO_BYTES } from './detect.js';
 import type { ConnectionRecord, RefusalReason } from './events.js';
 import type { LiveConnection, ProxyRuntime } from './runtime.js';
-import { listenOn, parseAddress, splice } from './runtime.js';
+import { listenOn, parseAddress, reportRequest, splice } from './runtime.js';
 
 const XFCC = 'x-forwarded-client-cert';
 
@@ -396,7 +396,9 @@ export class InboundListener {
       (upRes) => {
         res.writeHead(upRes.statusCode ?? 502, upRes.statusMessage, upRes.headers);
         upRes.pipe(res);
-        upRes.on('end', () => this.report(ctx?.record, req, upRes.statusCode ?? 502, started));
+        upRes.on('end', () =>
+          reportRequest(this.runtime, ctx?.record, req, upRes.statusCode ?? 502, started),
+        );
       },
     );
     upstream.on('error', (err) => {
@@ -406,24 +408,8 @@ export class InboundListener {
       } else {
         res.destroy();
       }
-      this.report(ctx?.record, req, 503, started);
+      reportRequest(this.runtime, ctx?.record, req, 503, started);
     });
     req.pipe(upstream);
-  }
-
-  private report(
-    record: ConnectionRecord | undefined,
-    req: IncomingMessage,
-    status: number,
-    started: number,
-  ): void {
-    if (!record) return;
-    this.runtime.observer.request({
-      connection: record,
-      method: req.method ?? '',
-      path: req.url ?? '',
-      status,
-      durationMs: this.runtime.clock.now() - started,
-    });
   }
 }

@@ -3,6 +3,7 @@ import type net from 'node:net';
 import type { OutboundConfig, OutboundEndpointConfig } from '../mesh/index.js';
 import type { ConnectionRecord, RefusalReason } from './events.js';
 import type { ProxyRuntime } from './runtime.js';
+import { reportRequest } from './runtime.js';
 
 /** Opens one upstream connection to an endpoint: TLS, verification and secure naming included. */
 export type EndpointConnector = (
@@ -136,7 +137,7 @@ export class HttpOutbound {
             if (!HOP_BY_HOP.includes(k) && v !== undefined) out[k] = v;
           res.writeHead(upRes.statusCode ?? 502, upRes.statusMessage, out);
           upRes.pipe(res);
-          upRes.on('end', () => this.report(record, req, upRes.statusCode ?? 502, started));
+          upRes.on('end', () => reportRequest(this.runtime, record, req, upRes.statusCode ?? 502, started));
         },
       );
       upstream.on('error', (err) => {
@@ -154,26 +155,10 @@ export class HttpOutbound {
         } else {
           res.destroy();
         }
-        this.report(record, req, 503, started);
+        reportRequest(this.runtime, record, req, 503, started);
       });
       req.pipe(upstream);
     };
     attempt(0);
-  }
-
-  private report(
-    record: ConnectionRecord | undefined,
-    req: http.IncomingMessage,
-    status: number,
-    started: number,
-  ): void {
-    if (!record) return;
-    this.runtime.observer.request({
-      connection: record,
-      method: req.method ?? '',
-      path: req.url ?? '',
-      status,
-      durationMs: this.runtime.clock.now() - started,
-    });
   }
 }

@@ -1,3 +1,4 @@
+import type { IncomingMessage } from 'node:http';
 import net, { type Socket } from 'node:net';
 import type { ProxyConfig } from '../mesh/index.js';
 import type { Clock } from '../pki/index.js';
@@ -87,4 +88,22 @@ export function splice(
   b.on('error', finish);
   a.on('close', finish);
   b.on('close', finish);
+}
+
+/** Reports one HTTP request on a connection to the observer (metrics and access log). */
+export function reportRequest(
+  runtime: ProxyRuntime,
+  record: ConnectionRecord | undefined,
+  req: IncomingMessage,
+  status: number,
+  startedMs: number,
+): void {
+  if (!record) return;
+  runtime.observer.request({
+    connection: record,
+    method: req.method ?? '',
+    path: req.url ?? '',
+    status,
+    durationMs: runtime.clock.now() - startedMs,
+  });
 }
