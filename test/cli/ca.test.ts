@@ -25,6 +25,7 @@ import { DAY_MS, HOUR_MS } from '../../src/pki/clock.js';
 import { FileSecretStore } from '../../src/pki/file-secret-store.js';
 import { buildCertificate, encodeName, keyIdentifier, pemBlocks, toPem } from '../../src/pki/x509.js';
 import { readCertificate } from '../../src/pki/x509-read.js';
+import { signIntermediate } from '../helpers/ca.js';
 
 interface CliResult {
   readonly code: number;
@@ -111,25 +112,7 @@ async function writeCacerts(
 ): Promise<{ root: Buffer; intermediate: Buffer }> {
   const now = Date.now();
   const root = createRoot({ trustDomain: 'cluster.local', now: now - DAY_MS, random: randomBytes });
-  const interKey = ecKey();
-  const rootFields = readCertificate(root.certificate);
-  const spki = createPublicKey(interKey).export({ format: 'der', type: 'spki' });
-  const intermediate = buildCertificate(
-    {
-      serial: randomBytes(8),
-      issuerName: rootFields.subjectName,
-      subjectName: encodeName({ organization: 'cluster.local', commonName: 'plug-in intermediate' }),
-      notBefore: new Date(now - DAY_MS),
-      notAfter: new Date(now + 365 * DAY_MS),
-      subjectPublicKeyInfo: spki,
-      isCa: true,
-      pathLength: 0,
-      uris: [],
-      subjectKeyId: keyIdentifier(spki),
-      authorityKeyId: rootFields.subjectKeyId,
-    },
-    root.key,
-  );
+  const { certificate: intermediate, key: interKey } = signIntermediate(root, { nowMs: now });
   const files: Record<string, string | null> = {
     'ca-cert.pem': toPem(intermediate),
     'ca-key.pem': keyPem(interKey),

@@ -38,8 +38,8 @@ import type { SelfSignedCaState } from '../../src/pki/rotation.js';
 import { beginRotation, initialCaState, recordLeafTtl, switchSigner } from '../../src/pki/rotation.js';
 import type { Secret } from '../../src/pki/secret-store.js';
 import { verifyPeerChain } from '../../src/pki/verify.js';
-import { buildCertificate, encodeName, keyIdentifier, pemBlocks, toPem } from '../../src/pki/x509.js';
-import { readCertificate } from '../../src/pki/x509-read.js';
+import { pemBlocks, toPem } from '../../src/pki/x509.js';
+import { signIntermediate } from '../helpers/ca.js';
 
 const T0 = Date.parse('2030-01-01T00:00:00Z');
 const NS = DEFAULT_CONTROL_PLANE_NAMESPACE;
@@ -81,25 +81,7 @@ function selfSignedStates(): Record<SelfSignedCaState['rotation']['phase'], Self
 
 function pluginCa(): { stored: StoredCa & { mode: 'plug-in' }; root: Buffer } {
   const root = createRoot({ trustDomain: 'cluster.local', now: T0 - DAY_MS, random: randomBytes });
-  const interKey = ecKey();
-  const rootFields = readCertificate(root.certificate);
-  const spki = createPublicKey(interKey).export({ format: 'der', type: 'spki' });
-  const inter = buildCertificate(
-    {
-      serial: randomBytes(8),
-      issuerName: rootFields.subjectName,
-      subjectName: encodeName({ organization: 'cluster.local', commonName: 'plug-in intermediate' }),
-      notBefore: new Date(T0 - DAY_MS),
-      notAfter: new Date(T0 + 365 * DAY_MS),
-      subjectPublicKeyInfo: spki,
-      isCa: true,
-      pathLength: 0,
-      uris: [],
-      subjectKeyId: keyIdentifier(spki),
-      authorityKeyId: rootFields.subjectKeyId,
-    },
-    root.key,
-  );
+  const { certificate: inter, key: interKey } = signIntermediate(root, { nowMs: T0 });
   const files: CacertsFiles = {
     caCertPem: toPem(inter),
     caKeyPem: keyPem(interKey),

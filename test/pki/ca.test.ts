@@ -1,12 +1,5 @@
 import assert from 'node:assert/strict';
-import {
-  createHash,
-  createPublicKey,
-  generateKeyPairSync,
-  type KeyObject,
-  randomBytes,
-  X509Certificate,
-} from 'node:crypto';
+import { createHash, generateKeyPairSync, type KeyObject, randomBytes, X509Certificate } from 'node:crypto';
 import { test } from 'node:test';
 import { KmtlsError } from '../../src/errors.js';
 import type { SpiffeId } from '../../src/identity/index.js';
@@ -22,8 +15,9 @@ import {
 } from '../../src/pki/ca.js';
 import { DAY_MS } from '../../src/pki/clock.js';
 import { createCsr, verifyCsr } from '../../src/pki/csr.js';
-import { buildCertificate, encodeName, keyIdentifier, OID, toPem } from '../../src/pki/x509.js';
+import { keyIdentifier, OID, toPem } from '../../src/pki/x509.js';
 import { readCertificate } from '../../src/pki/x509-read.js';
+import { signIntermediate } from '../helpers/ca.js';
 
 const T0 = Date.parse('2026-01-01T00:00:00Z');
 
@@ -245,25 +239,11 @@ test('a PEM CSR works as well as DER', () => {
 
 function intermediateSetup() {
   const root = createRoot({ trustDomain: 'cluster.local', now: T0, random: randomBytes });
-  const interKey = ec();
-  const rootFields = readCertificate(root.certificate);
-  const interSpki = createPublicKey(interKey).export({ format: 'der', type: 'spki' });
-  const inter = buildCertificate(
-    {
-      serial: randomBytes(8),
-      issuerName: rootFields.subjectName,
-      subjectName: encodeName({ organization: 'cluster.local', commonName: 'intermediate' }),
-      notBefore: new Date(T0 - 60_000),
-      notAfter: new Date(T0 + 365 * DAY_MS),
-      subjectPublicKeyInfo: interSpki,
-      isCa: true,
-      pathLength: 0,
-      uris: [],
-      subjectKeyId: keyIdentifier(interSpki),
-      authorityKeyId: rootFields.subjectKeyId,
-    },
-    root.key,
-  );
+  const { certificate: inter, key: interKey } = signIntermediate(root, {
+    nowMs: T0,
+    commonName: 'intermediate',
+    notBeforeMs: T0 - 60_000,
+  });
   return { root, inter, interKey };
 }
 

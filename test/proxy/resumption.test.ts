@@ -4,7 +4,7 @@
  * with the chain the client showed in its full handshake.
  */
 import assert from 'node:assert/strict';
-import { createPublicKey, generateKeyPairSync, randomBytes } from 'node:crypto';
+import { generateKeyPairSync, randomBytes } from 'node:crypto';
 import net, { type AddressInfo } from 'node:net';
 import type { TestContext } from 'node:test';
 import { test } from 'node:test';
@@ -16,12 +16,11 @@ import {
   createCsr,
   createRoot,
   DAY_MS,
-  readCertificate,
   toPem,
 } from '../../src/pki/index.js';
-import { buildCertificate, encodeName, keyIdentifier } from '../../src/pki/x509.js';
 import type { ConnectionRecord } from '../../src/proxy/index.js';
 import { buildIdentity, Sidecar } from '../../src/proxy/index.js';
+import { signIntermediate } from '../helpers/ca.js';
 
 const NOW = Date.now();
 const SERVER_ID = 'spiffe://cluster.local/ns/finance/sa/payments';
@@ -29,25 +28,10 @@ const CLIENT_ID = 'spiffe://cluster.local/ns/shop/sa/web';
 
 function pluginCa(): CertificateAuthority {
   const root = createRoot({ trustDomain: 'cluster.local', now: NOW - DAY_MS, random: randomBytes });
-  const rootFields = readCertificate(root.certificate);
-  const interKey = generateKeyPairSync('ec', { namedCurve: 'prime256v1' }).privateKey;
-  const spki = createPublicKey(interKey).export({ format: 'der', type: 'spki' });
-  const inter = buildCertificate(
-    {
-      serial: randomBytes(8),
-      issuerName: rootFields.subjectName,
-      subjectName: encodeName({ organization: 'cluster.local', commonName: 'intermediate' }),
-      notBefore: new Date(NOW - DAY_MS),
-      notAfter: new Date(NOW + 30 * DAY_MS),
-      subjectPublicKeyInfo: spki,
-      isCa: true,
-      pathLength: 0,
-      uris: [],
-      subjectKeyId: keyIdentifier(spki),
-      authorityKeyId: rootFields.subjectKeyId,
-    },
-    root.key,
-  );
+  const { certificate: inter, key: interKey } = signIntermediate(root, {
+    nowMs: NOW,
+    commonName: 'intermediate',
+  });
   const material = caMaterialFromFiles({
     trustDomain: 'cluster.local',
     caCertPem: toPem(inter),
