@@ -3,9 +3,13 @@ import { readStdinText } from '../config/index.js';
 import { ERROR_CODES, exitCodeFor, KmtlsError } from '../errors.js';
 import { runAnalyze } from './analyze.js';
 import { runCa } from './ca.js';
+import { runCheckCommand } from './check.js';
+import { runControlPlane } from './controlplane.js';
 import { runExplain } from './explain.js';
 import type { CommandIo } from './io.js';
 import { runProxy } from './proxy.js';
+import { runStatus } from './status.js';
+import { runUp } from './up.js';
 import { runValidate } from './validate.js';
 
 export const USAGE = `kmtls — mutual TLS for Kubernetes services, exact to Istio's PeerAuthentication
@@ -13,12 +17,16 @@ export const USAGE = `kmtls — mutual TLS for Kubernetes services, exact to Ist
 Usage: kmtls <command> [flags]
 
 Commands:
+  up [DIR]                            run DIR's manifests as a local mesh (default examples/quickstart)
+  status [-o json]                    the running local mesh: pods, modes, connections, errors
+  check [--flows FILE] [-o json]      probe every pod port; observed next to expected (exit 1 on mismatch)
   explain pod NS/NAME [--port N]      effective inbound mTLS mode and the decision chain
   explain edge NS/POD HOST:PORT       what the client sends, what the server accepts, the verdict
   validate -f PATH...                 schema and Istio webhook validation (exit 1 on errors)
   analyze -f PATH...                  cross-resource findings (exit 1 on error-level findings)
   ca init|issue|inspect|rotate        the mesh certificate authority (see kmtls ca help)
-  proxy --config FILE --cert-dir DIR  the sidecar, standalone
+  controlplane --dir DIR --state-dir S  the control plane (CA, config streams); kmtls up runs it
+  proxy --config FILE --cert-dir DIR  the sidecar, standalone (or --control-plane ADDR ...)
   version                             print the version
 
 Every command that reads manifests takes -f PATH (file, directory or -, repeatable),
@@ -29,8 +37,12 @@ type Command = (argv: readonly string[], io: CommandIo) => Promise<number>;
 
 const COMMANDS: Record<string, Command> = {
   ca: runCa,
+  check: runCheckCommand,
+  controlplane: runControlPlane,
   explain: runExplain,
   proxy: runProxy,
+  status: runStatus,
+  up: runUp,
   validate: runValidate,
   analyze: runAnalyze,
 };

@@ -5,14 +5,16 @@ import { pino } from 'pino';
 import { parse as parseYaml } from 'yaml';
 import { KmtlsError } from '../errors.js';
 import type { ProxyConfig } from '../mesh/index.js';
-import { parseProxyConfig } from '../mesh/index.js';
+import { controlPlaneIdentity, parseProxyConfig, proxyConfigSchema } from '../mesh/index.js';
 import type { ProxyIdentity } from '../proxy/index.js';
 import {
   accessLog,
   buildIdentity,
+  ControlPlaneClient,
   fanOut,
   ProxyMetrics,
   parseAddress,
+  RecentConnections,
   Sidecar,
   startAdmin,
 } from '../proxy/index.js';
@@ -21,10 +23,16 @@ import type { CommandIo } from './io.js';
 
 export const PROXY_USAGE = `Usage:
   kmtls proxy --config FILE --cert-dir DIR [--log-level info]
+  kmtls proxy --control-plane ADDR --pod NS/NAME --token-file FILE --ca-root FILE
+              [--admin ADDR] [--trust-domain TD] [--log-level info]
 
-Runs the sidecar standalone. FILE is a ProxyConfig (YAML or JSON; see docs/proxy.md). DIR holds
-cert-chain.pem, key.pem and root-cert.pem (what kmtls ca issue writes). Both are watched: a valid
-change applies to new connections at once; an invalid one is reported and the last good one stays.
+Standalone: FILE is a ProxyConfig (YAML or JSON; see docs/proxy.md). DIR holds cert-chain.pem,
+key.pem and root-cert.pem (what kmtls ca issue writes). Both are watched: a valid change applies to
+new connections at once; an invalid one is reported and the last good one stays.
+
+With a control plane: the key is made in memory, the first certificate is requested with the
+bootstrap token in FILE and renewed with the certificate itself; ProxyConfig versions arrive as a
+stream. Without the control plane the proxy keeps serving its last config and certificate.
 `;
 
 async function readConfigText(file: string): Promise<string> {
@@ -80,6 +88,12 @@ export async function runProxy(argv: readonly string[], io: CommandIo): Promise<
   const { values } = parseCommandArgs(argv, {
     config: { type: 'string' },
     'cert-dir': { type: 'string' },
+    'control-plane': { type: 'string' },
+    pod: { type: 'string' },
+    'token-file': { type: 'string' },
+    'ca-root': { type: 'string' },
+    admin: { type: 'string' },
+    'trust-domain': { type: 'string' },
     'log-level': { type: 'string' },
     help: { type: 'boolean', short: 'h' },
   });
@@ -87,6 +101,7 @@ export async function runProxy(argv: readonly string[], io: CommandIo): Promise<
     io.stdout(PROXY_USAGE);
     return 0;
   }
+  if (values['control-plane'] !== undefined) return runManagedProxy(values);
   if (!values.config || !values['cert-dir'])
     throw new KmtlsError(
       'KMTLS_CLI_USAGE',
@@ -178,6 +193,98 @@ export async function runProxy(argv: readonly string[], io: CommandIo): Promise<
   for (const w of watchers) w.close();
   await reloading;
   await proxy.stop();
+  admin?.close();
+  log.info('proxy stopped');
+  return 0;
+}
+
+/** The sidecar under a control plane: certificate and config come from it. */
+async function runManagedProxy(values: {
+  'control-plane'?: string | undefined;
+  pod?: string | undefined;
+  'token-file'?: string | undefined;
+  'ca-root'?: string | undefined;
+  admin?: string | undefined;
+  'trust-domain'?: string | undefined;
+  'log-level'?: string | undefined;
+}): Promise<number> {
+  const pod = values.pod;
+  const tokenFile = values['token-file'];
+  const caRoot = values['ca-root'];
+  if (!pod || !/^[^/]+\/[^/]+$/.test(pod) || !tokenFile || !caRoot)
+    throw new KmtlsError(
+      'KMTLS_CLI_USAGE',
+      `kmtls proxy --control-plane needs --pod NS/NAME, --token-file FILE and --ca-root FILE\n\n${PROXY_USAGE}`,
+    );
+  const address = parseAddress(values['control-plane'] ?? '');
+  const [namespace, name] = pod.split('/') as [string, string];
+  const trustDomain = values['trust-domain'] ?? 'cluster.local';
+  const root = pino({ level: values['log-level'] ?? 'info', base: null });
+  const log = root.child({ component: 'proxy', pod });
+  let rootsPem: string;
+  try {
+    rootsPem = await readFile(caRoot, 'utf8');
+  } catch (err) {
+    throw new KmtlsError(
+      'KMTLS_PROXY_CERTS_INVALID',
+      `cannot read ${caRoot}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`,
+    );
+  }
+  // Until the first config arrives the proxy listens nowhere but on its admin port.
+  const placeholder = proxyConfigSchema.parse({
+    version: '0',
+    workload: { namespace, name, identity: `spiffe://${trustDomain}/ns/${namespace}/sa/unknown` },
+    trustDomains: [trustDomain],
+  });
+  const metrics = new ProxyMetrics({ namespace, name });
+  const recent = new RecentConnections();
+  const clock = { now: Date.now };
+  const proxy = new Sidecar(placeholder, {
+    clock,
+    observer: fanOut(metrics, recent, accessLog(root.child({ component: 'access', pod }))),
+    configured: false,
+  });
+  const client = new ControlPlaneClient({
+    address,
+    pod,
+    token: async () => (await readFile(tokenFile, 'utf8')).trim(),
+    rootsPem,
+    controlPlaneIdentity: controlPlaneIdentity(trustDomain),
+    clock,
+    log,
+    applyConfig: async (config) => {
+      if (config.workload.namespace !== namespace || config.workload.name !== name)
+        throw new KmtlsError(
+          'KMTLS_PROXY_CONFIG_INVALID',
+          `config is for ${config.workload.namespace}/${config.workload.name}, not ${pod}`,
+        );
+      await proxy.applyConfig(config);
+    },
+    setIdentity: (identity) => proxy.setIdentity(identity),
+  });
+  const admin = values.admin
+    ? await startAdmin(proxy, metrics, parseAddress(values.admin), {
+        connections: recent,
+        controlPlane: () => {
+          const id = proxy.identity;
+          return {
+            ...client.status(),
+            certificateTimeLeftSeconds: id
+              ? Math.floor((id.notAfter.getTime() - clock.now()) / 1000)
+              : undefined,
+          };
+        },
+      })
+    : undefined;
+  void client.start();
+  log.info({ controlPlane: values['control-plane'], admin: values.admin }, 'proxy started');
+  await new Promise<void>((resolve) => {
+    process.once('SIGINT', resolve);
+    process.once('SIGTERM', resolve);
+  });
+  client.stop();
+  await proxy.stop();
+  admin?.closeAllConnections();
   admin?.close();
   log.info('proxy stopped');
   return 0;

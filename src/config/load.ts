@@ -27,7 +27,7 @@ export async function readStdinText(): Promise<string> {
 }
 
 /** Files below a directory, depth first in name order, skipping hidden entries and node_modules. */
-async function listManifestFiles(dir: string): Promise<string[]> {
+export async function listManifestFiles(dir: string): Promise<string[]> {
   const entries = await readdir(dir, { withFileTypes: true });
   entries.sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
   const out: string[] = [];

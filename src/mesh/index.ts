@@ -1,3 +1,11 @@
+export type { DeriveOptions, PlacedPod, PodAddressing, PodInstance } from './derive.js';
+export {
+  decidingPolicy,
+  deriveProxyConfig,
+  inboundPorts,
+  podInstances,
+  portProtocol,
+} from './derive.js';
 export type {
   EdgeEndpointExplanation,
   EdgeExplanation,
@@ -14,6 +22,8 @@ export {
   SIDECAR_CONTAINER,
   TLS_MODE_LABEL,
 } from './membership.js';
+export type { PlacedPodSpec, Placement } from './placement.js';
+export { CP_PATHS, controlPlaneIdentity, placementSchema } from './placement.js';
 export type {
   InboundPortConfig,
   OutboundConfig,

@@ -66,6 +66,11 @@ export const proxyConfigSchema = z.strictObject({
   inbound: z.array(inboundPortSchema).default([]),
   outbound: z.array(outboundSchema).default([]),
   admin: address.optional(),
+  /** The address upstream connections leave from (the pod's IP), so peers can tell who called. */
+  sourceAddress: z
+    .string()
+    .regex(/^\d{1,3}(\.\d{1,3}){3}$/, 'an IPv4 address')
+    .optional(),
   limits: z
     .strictObject({
       maxConnections: z.number().int().positive().default(10_000),

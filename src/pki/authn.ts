@@ -31,7 +31,11 @@ const digest = (token: string) => createHash('sha256').update(token, 'utf8').dig
 export class BootstrapTokenAuthenticator implements CallerAuthenticator {
   private readonly byDigest = new Map<string, SpiffeId>();
 
-  constructor(private readonly random: RandomBytes) {}
+  constructor(
+    private readonly random: RandomBytes,
+    /** Where tokens minted elsewhere are read from, when one is not known yet. */
+    private readonly reload?: () => Promise<Record<string, SpiffeId>>,
+  ) {}
 
   /** Mints a token for one identity: 32 random bytes, base64url. */
   mint(identity: SpiffeId): string {
@@ -44,10 +48,26 @@ export class BootstrapTokenAuthenticator implements CallerAuthenticator {
     this.byDigest.delete(digest(token));
   }
 
+  /** The minted tokens as digest → identity, for a control plane in another process to load. */
+  digests(): Record<string, string> {
+    return Object.fromEntries([...this.byDigest].map(([d, id]) => [d, id.uri]));
+  }
+
+  /** Accepts tokens minted elsewhere, known only by their digests. Replaces what was loaded before. */
+  load(digests: Readonly<Record<string, SpiffeId>>): void {
+    this.byDigest.clear();
+    for (const [d, id] of Object.entries(digests)) this.byDigest.set(d, id);
+  }
+
   async authenticate(credentials: CallerCredentials): Promise<AuthResult> {
     if (credentials.bearerToken === undefined) return undefined;
     // Looked up by digest: no comparison of secret bytes that could leak through timing.
-    const identity = this.byDigest.get(digest(credentials.bearerToken));
+    let identity = this.byDigest.get(digest(credentials.bearerToken));
+    if (!identity && this.reload) {
+      // Tokens minted after this process started: look at the source once more.
+      this.load(await this.reload());
+      identity = this.byDigest.get(digest(credentials.bearerToken));
+    }
     if (!identity) return { ok: false, reason: 'unknown bootstrap token' };
     return { ok: true, caller: { identities: [identity], method: 'bootstrap-token' } };
   }

@@ -2,12 +2,19 @@ import { X509Certificate } from 'node:crypto';
 import http from 'node:http';
 import type { ProxyMetrics } from './metrics.js';
 import type { Sidecar } from './proxy.js';
+import type { RecentConnections } from './recent.js';
 
 /** Admin endpoint: /ready, /metrics, /config (no key material), /certs. */
 export function startAdmin(
   proxy: Sidecar,
   metrics: ProxyMetrics,
   listen: { host: string; port: number },
+  extras: {
+    /** /connections: recent connections and per-port counts. */
+    connections?: RecentConnections;
+    /** /control-plane: the state of the link to the control plane. */
+    controlPlane?: () => unknown;
+  } = {},
 ): Promise<http.Server> {
   const server = http.createServer((req, res) => {
     const send = (status: number, body: unknown, type = 'application/json') => {
@@ -18,7 +25,7 @@ export function startAdmin(
       case '/ready':
         return proxy.isReady()
           ? send(200, 'ready\n', 'text/plain')
-          : send(503, 'not ready: no certificate loaded\n', 'text/plain');
+          : send(503, `not ready: ${proxy.notReadyBecause()}\n`, 'text/plain');
       case '/metrics':
         void metrics.registry.metrics().then((text) => send(200, text, metrics.registry.contentType));
         return;
@@ -38,9 +45,17 @@ export function startAdmin(
           trustBundle: id.roots.map((r) => new X509Certificate(r).subject.replace(/\n/g, ', ')),
         });
       }
-      default:
-        return send(404, { error: 'not found', endpoints: ['/ready', '/metrics', '/config', '/certs'] });
+      case '/connections':
+        if (extras.connections) return send(200, extras.connections.snapshot());
+        break;
+      case '/control-plane':
+        if (extras.controlPlane) return send(200, extras.controlPlane());
+        break;
     }
+    const endpoints = ['/ready', '/metrics', '/config', '/certs'];
+    if (extras.connections) endpoints.push('/connections');
+    if (extras.controlPlane) endpoints.push('/control-plane');
+    return send(404, { error: 'not found', endpoints });
   });
   return new Promise((resolve, reject) => {
     server.once('error', reject);

@@ -70,6 +70,12 @@ export class OutboundListener {
     return this.dest;
   }
 
+  /** Upstream connections leave from the pod's address when the config names one. */
+  private bind(): { localAddress?: string } {
+    const from = this.runtime.config().sourceAddress;
+    return from ? { localAddress: from } : {};
+  }
+
   async listen(): Promise<void> {
     this.server = await listenOn(this.dest.listen, (s) => this.accept(s));
   }
@@ -186,7 +192,7 @@ export class OutboundListener {
         });
       if (ep.tls === 'DISABLE') {
         record.transport = 'plaintext';
-        const s = net.connect({ host, port });
+        const s = net.connect({ host, port, ...this.bind() });
         s.once('error', unreachable);
         s.once('connect', () => {
           s.off('error', unreachable);
@@ -258,7 +264,11 @@ export class OutboundListener {
       }
       const cached = this.sessions.get(ep.address);
       const resumable = cached && cached.mode === ep.tls && cached.identity === identity ? cached : undefined;
-      const s = tls.connect(resumable ? { ...options, session: resumable.session } : options);
+      const s = tls.connect({
+        ...options,
+        ...this.bind(),
+        ...(resumable ? { session: resumable.session } : {}),
+      });
       // Read once per connection: the session event and the verification share it.
       let chain: Buffer[] | undefined;
       const chainOf = () => {

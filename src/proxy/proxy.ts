@@ -19,13 +19,15 @@ export class Sidecar {
   private readonly outbound = new Map<string, OutboundListener>();
   private readonly connections = new Set<LiveConnection>();
   private counter = 0;
+  private configured: boolean;
   readonly runtime: ProxyRuntime;
 
   constructor(
     config: ProxyConfig,
-    deps: { clock: Clock; observer: ProxyObserver; identity?: ProxyIdentity },
+    deps: { clock: Clock; observer: ProxyObserver; identity?: ProxyIdentity; configured?: boolean },
   ) {
     this.current = config;
+    this.configured = deps.configured ?? true;
     this.id = deps.identity;
     this.runtime = {
       clock: deps.clock,
@@ -51,7 +53,14 @@ export class Sidecar {
 
   /** Ready when it has both a config and a certificate. */
   isReady(): boolean {
-    return this.id !== undefined;
+    return this.id !== undefined && this.configured;
+  }
+
+  /** What keeps it from being ready, for /ready. */
+  notReadyBecause(): string | undefined {
+    if (this.id === undefined) return 'no certificate loaded';
+    if (!this.configured) return 'no config received from the control plane yet';
+    return undefined;
   }
 
   async start(): Promise<void> {
@@ -66,6 +75,7 @@ export class Sidecar {
   /** Opens, updates and closes listeners to match the config. A listener that cannot open fails the whole change. */
   async applyConfig(config: ProxyConfig): Promise<void> {
     this.current = config;
+    this.configured = true;
     const wantedIn = new Map(config.inbound.map((p) => [p.listen, p]));
     const wantedOut = new Map(config.outbound.map((o) => [o.listen, o]));
     for (const [addr, l] of this.inbound) {

@@ -1,0 +1,268 @@
+import { generateKeyPairSync, randomBytes } from 'node:crypto';
+import { watch } from 'node:fs';
+import { readFile } from 'node:fs/promises';
+import path from 'node:path';
+import { pino } from 'pino';
+import { DirectorySource } from '../config/index.js';
+import type { Watched } from '../controlplane/index.js';
+import {
+  ControlPlane,
+  ControlPlaneMetrics,
+  startControlPlaneAdmin,
+  startControlPlaneServer,
+} from '../controlplane/index.js';
+import { KmtlsError } from '../errors.js';
+import type { SpiffeId } from '../identity/index.js';
+import { DEFAULT_TRUST_DOMAIN, parseSpiffeId } from '../identity/index.js';
+import type { Placement } from '../mesh/index.js';
+import { controlPlaneIdentity, placementSchema } from '../mesh/index.js';
+import {
+  BootstrapTokenAuthenticator,
+  CertificateAuthority,
+  ClientCertificateAuthenticator,
+  createRoot,
+  FileSecretStore,
+  initialCaState,
+  loadCa,
+  materialOf,
+  saveCa,
+  writeFileAtomic,
+} from '../pki/index.js';
+import { parseAddress } from '../proxy/index.js';
+import { parseCommandArgs } from './args.js';
+import type { CommandIo } from './io.js';
+
+export const CONTROLPLANE_USAGE = `Usage:
+  kmtls controlplane --dir DIR --state-dir STATE [--listen ADDR] [--admin ADDR]
+                     [--placement FILE] [--tokens FILE] [--trust-domain TD]
+                     [--root-namespace NS] [--log-level info]
+
+Serves the mesh CA and a ProxyConfig stream per sidecar over mTLS, from the manifests in DIR (watched;
+a file that becomes invalid is reported and its last good version keeps serving).
+  --state-dir   where the CA lives (Secret kmtls-system/kmtls-ca; created on first run) and where
+                root-cert.pem is written for sidecars to verify the control plane
+  --listen      the mTLS API (default 127.0.0.1:15012)
+  --admin       /ready /metrics /status over plain HTTP (default 127.0.0.1:15014)
+  --placement   JSON: where each pod runs (written by kmtls up)
+  --tokens      JSON: bootstrap token digests → identity (written by kmtls up)
+`;
+
+async function readJson(file: string): Promise<unknown> {
+  return JSON.parse(await readFile(file, 'utf8')) as unknown;
+}
+
+/** The placement file, watched: a bad version is reported and the last good one stays. */
+async function watchPlacement(
+  file: string | undefined,
+  onError: (message: string) => void,
+): Promise<Watched<Placement> & { close(): void }> {
+  let current: Placement = { pods: [] };
+  const listeners = new Set<(p: Placement) => void>();
+  if (!file) return { current: () => current, subscribe: () => () => {}, close: () => {} };
+  let lastText = '';
+  const read = async () => {
+    let text: string;
+    try {
+      text = await readFile(file, 'utf8');
+    } catch {
+      return;
+    }
+    if (text === lastText) return;
+    lastText = text;
+    try {
+      const parsed = placementSchema.parse(JSON.parse(text));
+      current = parsed;
+      for (const l of listeners) l(current);
+    } catch (err) {
+      onError(`placement ${file} refused: ${(err as Error).message.split('\n')[0]}`);
+    }
+  };
+  await read();
+  const w = watch(path.dirname(file), () => void read());
+  return {
+    current: () => current,
+    subscribe: (l) => {
+      listeners.add(l);
+      return () => listeners.delete(l);
+    },
+    close: () => w.close(),
+  };
+}
+
+async function readTokens(file: string | undefined): Promise<Record<string, SpiffeId>> {
+  if (!file) return {};
+  let raw: unknown;
+  try {
+    raw = await readJson(file);
+  } catch {
+    return {};
+  }
+  const out: Record<string, SpiffeId> = {};
+  const tokens = (raw as { tokens?: Record<string, string> }).tokens ?? {};
+  for (const [digest, uri] of Object.entries(tokens)) {
+    const id = parseSpiffeId(uri);
+    if (id.ok) out[digest] = id.id;
+  }
+  return out;
+}
+
+/** Long-running: resolves with an exit code when SIGINT/SIGTERM stops it. */
+export async function runControlPlane(argv: readonly string[], io: CommandIo): Promise<number> {
+  const { values } = parseCommandArgs(argv, {
+    dir: { type: 'string' },
+    'state-dir': { type: 'string' },
+    listen: { type: 'string' },
+    admin: { type: 'string' },
+    placement: { type: 'string' },
+    tokens: { type: 'string' },
+    'trust-domain': { type: 'string' },
+    'root-namespace': { type: 'string' },
+    'log-level': { type: 'string' },
+    help: { type: 'boolean', short: 'h' },
+  });
+  if (values.help) {
+    io.stdout(CONTROLPLANE_USAGE);
+    return 0;
+  }
+  if (!values.dir || !values['state-dir'])
+    throw new KmtlsError(
+      'KMTLS_CLI_USAGE',
+      `kmtls controlplane needs --dir DIR and --state-dir STATE\n\n${CONTROLPLANE_USAGE}`,
+    );
+  const listen = parseAddress(values.listen ?? '127.0.0.1:15012');
+  const adminAddress = parseAddress(values.admin ?? '127.0.0.1:15014');
+  const log = pino({ level: values['log-level'] ?? 'info', base: null }).child({ component: 'controlplane' });
+  const clock = { now: Date.now };
+  const stateDir = values['state-dir'];
+  const trustDomain = values['trust-domain'] ?? DEFAULT_TRUST_DOMAIN;
+
+  // The CA: created on first run, kept across restarts.
+  const store = new FileSecretStore(stateDir);
+  let stored = await loadCa(store);
+  if (!stored) {
+    stored = {
+      mode: 'self-signed',
+      state: initialCaState(trustDomain, createRoot({ trustDomain, now: clock.now(), random: randomBytes })),
+    };
+    await saveCa(store, stored);
+    log.info({ trustDomain, secret: store.pathOf('kmtls-system', 'kmtls-ca') }, 'created the mesh CA');
+  } else {
+    log.info({ trustDomain: materialOf(stored).trustDomain }, 'loaded the mesh CA');
+  }
+  const ca = new CertificateAuthority(materialOf(stored), { clock, random: randomBytes });
+  await writeFileAtomic(path.join(stateDir, 'root-cert.pem'), Buffer.from(ca.trustBundlePem()), 0o644);
+
+  // The control plane's own serving certificate, from its CA; reissued at half its life.
+  const cpId = parseSpiffeId(controlPlaneIdentity(ca.trustDomain));
+  if (!cpId.ok) throw new KmtlsError('KMTLS_PKI_BAD_IDENTITY', cpId.message);
+  const issueServing = () => {
+    const { privateKey, publicKey } = generateKeyPairSync('ec', { namedCurve: 'prime256v1' });
+    const issued = ca.signPublicKey(publicKey.export({ format: 'der', type: 'spki' }), {
+      identities: [cpId.id],
+      method: 'operator',
+    });
+    return {
+      certPem: issued.chainPem,
+      keyPem: privateKey.export({ format: 'pem', type: 'pkcs8' }).toString(),
+      notAfter: issued.notAfter,
+    };
+  };
+  let serving = issueServing();
+
+  const tokensFile = values.tokens;
+  const bootstrap = new BootstrapTokenAuthenticator(randomBytes, () => readTokens(tokensFile));
+  bootstrap.load(await readTokens(tokensFile));
+  const authenticators = [
+    new ClientCertificateAuthenticator(
+      () => ({ roots: ca.material.trustBundle, trustDomains: [ca.trustDomain] }),
+      clock,
+    ),
+    bootstrap,
+  ];
+
+  const source = await DirectorySource.open(values.dir);
+  const reportErrors = () => {
+    for (const e of source.current().errors) {
+      log.error(
+        {
+          code: 'KMTLS_MANIFEST_REFUSED',
+          file: e.file,
+          servingLastGood: e.servingLastGood,
+          problems: e.diagnostics.map((d) => `${d.location?.line ?? '?'}: ${d.code}: ${d.message}`),
+        },
+        e.servingLastGood
+          ? 'manifest refused; its last good version keeps serving'
+          : 'manifest refused; it has no good version yet',
+      );
+    }
+  };
+  reportErrors();
+  source.subscribe(reportErrors);
+  const placement = await watchPlacement(values.placement, (m) =>
+    log.error({ code: 'KMTLS_CP_PLACEMENT_INVALID' }, m),
+  );
+  const metrics = new ControlPlaneMetrics();
+  const cp = new ControlPlane({
+    source,
+    placement,
+    ca,
+    authenticators,
+    clock,
+    mesh: { trustDomain: ca.trustDomain, rootNamespace: values['root-namespace'] ?? 'istio-system' },
+    observer: {
+      ...metricsObserver(metrics),
+      applied: (pod, version, latencyMs) => {
+        metrics.applied(pod, version, latencyMs);
+        if (latencyMs !== undefined)
+          log.info({ version, latencyMs }, 'change applied by every affected sidecar');
+      },
+      issued: (identity, method) => {
+        metrics.issued(identity, method);
+        log.info({ identity, method }, 'certificate issued');
+      },
+      refusedSigning: (reason) => {
+        metrics.refusedSigning();
+        log.warn({ code: 'KMTLS_PKI_UNAUTHENTICATED', reason }, 'certificate request refused');
+      },
+    },
+  });
+  const api = await startControlPlaneServer({ controlPlane: cp, ca, clock, listen, serving });
+  const renewServing = setInterval(() => {
+    serving = issueServing();
+    api.setServing(serving);
+  }, 6 * 3_600_000);
+  renewServing.unref();
+  const admin = await startControlPlaneAdmin({ controlPlane: cp, metrics, listen: adminAddress });
+  log.info(
+    {
+      listen: `${listen.host}:${listen.port}`,
+      admin: `${adminAddress.host}:${adminAddress.port}`,
+      version: cp.status().version,
+    },
+    'control plane ready',
+  );
+  await new Promise<void>((resolve) => {
+    process.once('SIGINT', resolve);
+    process.once('SIGTERM', resolve);
+  });
+  clearInterval(renewServing);
+  cp.close();
+  source.close();
+  placement.close();
+  admin.closeAllConnections();
+  admin.close();
+  await api.close();
+  log.info('control plane stopped');
+  return 0;
+}
+
+function metricsObserver(m: ControlPlaneMetrics) {
+  return {
+    pushed: () => m.pushed(),
+    applied: (pod: string, version: string, latency: number | undefined) => m.applied(pod, version, latency),
+    issued: (identity: string, method: string) => m.issued(identity, method),
+    refusedSigning: () => m.refusedSigning(),
+    configErrors: (n: number) => m.configErrors(n),
+    connected: (n: number) => m.connected(n),
+  };
+}

@@ -1,0 +1,259 @@
+import http from 'node:http';
+import https from 'node:https';
+import type { TLSSocket } from 'node:tls';
+import { Counter, Gauge, Histogram, Registry } from 'prom-client';
+import { KmtlsError } from '../errors.js';
+import { CP_PATHS } from '../mesh/index.js';
+import type { CertificateAuthority, Clock } from '../pki/index.js';
+import { verifyPeerChain } from '../pki/index.js';
+import type { ControlPlane, ControlPlaneObserver } from './control-plane.js';
+
+/** Largest request body accepted (a CSR is under 1 KiB). */
+const MAX_BODY = 64 * 1024;
+
+export class ControlPlaneMetrics implements ControlPlaneObserver {
+  readonly registry = new Registry();
+  private readonly pushes = new Counter({
+    name: 'kmtls_controlplane_pushes_total',
+    help: 'ProxyConfig versions pushed to proxies',
+    registers: [this.registry],
+  });
+  private readonly latency = new Histogram({
+    name: 'kmtls_controlplane_push_latency_seconds',
+    help: 'From noticing a change to every affected proxy applying it',
+    buckets: [0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5],
+    registers: [this.registry],
+  });
+  private readonly connectedGauge = new Gauge({
+    name: 'kmtls_controlplane_connected_proxies',
+    help: 'Proxies with an open config stream',
+    registers: [this.registry],
+  });
+  private readonly errorsGauge = new Gauge({
+    name: 'kmtls_controlplane_config_errors',
+    help: 'Manifest files whose latest version is refused (the last good version keeps serving)',
+    registers: [this.registry],
+  });
+  private readonly issuedCounter = new Counter({
+    name: 'kmtls_controlplane_certificates_issued_total',
+    help: 'Workload certificates issued',
+    labelNames: ['method'],
+    registers: [this.registry],
+  });
+  private readonly refusedCounter = new Counter({
+    name: 'kmtls_controlplane_signing_refused_total',
+    help: 'Certificate requests refused for lack of a valid credential',
+    registers: [this.registry],
+  });
+
+  pushed(): void {
+    this.pushes.inc();
+  }
+  applied(_pod: string, _version: string, latencyMs: number | undefined): void {
+    if (latencyMs !== undefined) this.latency.observe(latencyMs / 1000);
+  }
+  issued(_identity: string, method: string): void {
+    this.issuedCounter.inc({ method });
+  }
+  refusedSigning(): void {
+    this.refusedCounter.inc();
+  }
+  configErrors(count: number): void {
+    this.errorsGauge.set(count);
+  }
+  connected(count: number): void {
+    this.connectedGauge.set(count);
+  }
+}
+
+function readBody(req: http.IncomingMessage): Promise<string> {
+  return new Promise((resolve, reject) => {
+    const chunks: Buffer[] = [];
+    let size = 0;
+    req.on('data', (c: Buffer) => {
+      size += c.length;
+      if (size > MAX_BODY) {
+        reject(new KmtlsError('KMTLS_CLI_USAGE', 'request body too large'));
+        req.destroy();
+        return;
+      }
+      chunks.push(c);
+    });
+    req.on('end', () => resolve(Buffer.concat(chunks).toString('utf8')));
+    req.on('error', reject);
+  });
+}
+
+function sendJson(res: http.ServerResponse, status: number, body: unknown): void {
+  res.writeHead(status, { 'content-type': 'application/json' });
+  res.end(`${JSON.stringify(body)}\n`);
+}
+
+/** The client's chain from the handshake, leaf first, DER; empty without a certificate. */
+function peerChainOf(socket: TLSSocket): Buffer[] {
+  const out: Buffer[] = [];
+  let cert = socket.getPeerCertificate(true);
+  const seen = new Set<string>();
+  while (cert?.raw && !seen.has(cert.fingerprint256)) {
+    seen.add(cert.fingerprint256);
+    out.push(cert.raw);
+    cert = cert.issuerCertificate;
+  }
+  return out;
+}
+
+/**
+ * The control plane's API over mTLS: certificate signing (bootstrap token or current certificate),
+ * a stream of ProxyConfig versions per proxy, and acknowledgements. A proxy proves with its
+ * certificate that it is the pod's identity before it sees that pod's config.
+ */
+export async function startControlPlaneServer(opts: {
+  controlPlane: ControlPlane;
+  ca: CertificateAuthority;
+  clock: Clock;
+  listen: { host: string; port: number };
+  serving: { certPem: string; keyPem: string };
+}): Promise<{
+  server: https.Server;
+  setServing(serving: { certPem: string; keyPem: string }): void;
+  close(): Promise<void>;
+}> {
+  const { controlPlane: cp, ca } = opts;
+  const streams = new Set<http.ServerResponse>();
+  const callerIdentities = (req: http.IncomingMessage): string[] => {
+    const chain = peerChainOf(req.socket as TLSSocket);
+    if (chain.length === 0) return [];
+    const v = verifyPeerChain(chain, ca.material.trustBundle, opts.clock.now(), [ca.trustDomain]);
+    return v.ok ? v.identities.map((i) => i.uri) : [];
+  };
+  const authorizePod = (req: http.IncomingMessage, pod: string): void => {
+    const want = cp.identityOf(pod);
+    if (want === undefined) throw new KmtlsError('KMTLS_CP_UNKNOWN_POD', `no pod ${pod} in the mesh`);
+    const have = callerIdentities(req);
+    if (!have.includes(want)) {
+      throw new KmtlsError(
+        'KMTLS_CP_FORBIDDEN',
+        `pod ${pod} runs as ${want}; the caller presented ${have.length > 0 ? have.join(', ') : 'no valid mesh certificate'}`,
+      );
+    }
+  };
+
+  const handle = async (req: http.IncomingMessage, res: http.ServerResponse) => {
+    const url = new URL(req.url ?? '/', 'https://control-plane');
+    if (req.method === 'POST' && url.pathname === CP_PATHS.sign) {
+      const body = JSON.parse(await readBody(req)) as { csr?: unknown };
+      if (typeof body.csr !== 'string')
+        throw new KmtlsError('KMTLS_PKI_CSR_MALFORMED', 'body needs {"csr": PEM}');
+      const auth = req.headers.authorization;
+      const bearer = auth?.startsWith('Bearer ') ? auth.slice(7).trim() : undefined;
+      const chain = peerChainOf(req.socket as TLSSocket);
+      const issued = await cp.sign(
+        { ...(bearer ? { bearerToken: bearer } : {}), ...(chain.length > 0 ? { peerChain: chain } : {}) },
+        body.csr,
+      );
+      return sendJson(res, 200, {
+        certChain: issued.chainPem,
+        roots: ca.trustBundlePem(),
+        notAfter: issued.notAfter.toISOString(),
+      });
+    }
+    if (req.method === 'GET' && url.pathname === CP_PATHS.config) {
+      const pod = url.searchParams.get('pod') ?? '';
+      authorizePod(req, pod);
+      res.writeHead(200, { 'content-type': 'application/x-ndjson', 'cache-control': 'no-store' });
+      res.flushHeaders();
+      streams.add(res);
+      const stop = cp.watchConfig(pod, (v) => {
+        res.write(
+          `${JSON.stringify({ version: v.version, config: v.config, roots: ca.trustBundlePem() })}\n`,
+        );
+      });
+      res.on('close', () => {
+        stop();
+        streams.delete(res);
+      });
+      return;
+    }
+    if (req.method === 'POST' && url.pathname === CP_PATHS.applied) {
+      const body = JSON.parse(await readBody(req)) as { pod?: unknown; version?: unknown };
+      if (typeof body.pod !== 'string' || typeof body.version !== 'string')
+        throw new KmtlsError('KMTLS_CLI_USAGE', 'body needs {"pod": "ns/name", "version": "N"}');
+      authorizePod(req, body.pod);
+      cp.applied(body.pod, body.version);
+      return sendJson(res, 200, { ok: true });
+    }
+    sendJson(res, 404, { error: 'not found' });
+  };
+
+  const server = https.createServer(
+    {
+      cert: opts.serving.certPem,
+      key: opts.serving.keyPem,
+      ca: ca.trustBundlePem(),
+      requestCert: true,
+      rejectUnauthorized: false,
+      minVersion: 'TLSv1.2',
+    },
+    (req, res) => {
+      handle(req, res).catch((err: unknown) => {
+        const code =
+          err instanceof KmtlsError ? err.code : err instanceof SyntaxError ? 'KMTLS_CLI_USAGE' : 'INTERNAL';
+        const status =
+          code === 'KMTLS_PKI_UNAUTHENTICATED' || code === 'KMTLS_CP_FORBIDDEN'
+            ? 403
+            : code === 'KMTLS_CP_UNKNOWN_POD'
+              ? 404
+              : code === 'INTERNAL'
+                ? 500
+                : 400;
+        if (!res.headersSent) sendJson(res, status, { code, error: (err as Error).message });
+        else res.destroy();
+      });
+    },
+  );
+  server.keepAliveTimeout = 60_000;
+  await new Promise<void>((resolve, reject) => {
+    server.once('error', reject);
+    server.listen(opts.listen.port, opts.listen.host, () => resolve());
+  });
+  return {
+    server,
+    setServing: (s) => server.setSecureContext({ cert: s.certPem, key: s.keyPem, ca: ca.trustBundlePem() }),
+    close: async () => {
+      for (const s of streams) s.destroy();
+      server.closeAllConnections();
+      await new Promise<void>((resolve) => server.close(() => resolve()));
+    },
+  };
+}
+
+/** The control plane's admin endpoint: /ready, /metrics, /status. Plain HTTP on its own port. */
+export async function startControlPlaneAdmin(opts: {
+  controlPlane: ControlPlane;
+  metrics: ControlPlaneMetrics;
+  listen: { host: string; port: number };
+  extra?: () => Record<string, unknown>;
+}): Promise<http.Server> {
+  const server = http.createServer((req, res) => {
+    switch (req.url) {
+      case '/ready':
+        res.writeHead(200, { 'content-type': 'text/plain' });
+        return res.end('ready\n');
+      case '/metrics':
+        void opts.metrics.registry.metrics().then((text) => {
+          res.writeHead(200, { 'content-type': opts.metrics.registry.contentType });
+          res.end(text);
+        });
+        return;
+      case '/status':
+        return sendJson(res, 200, { ...opts.controlPlane.status(), ...opts.extra?.() });
+      default:
+        return sendJson(res, 404, { error: 'not found', endpoints: ['/ready', '/metrics', '/status'] });
+    }
+  });
+  await new Promise<void>((resolve, reject) => {
+    server.once('error', reject);
+    server.listen(opts.listen.port, opts.listen.host, () => resolve());
+  });
+  return server;
+}

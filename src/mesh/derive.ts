@@ -1,0 +1,268 @@
+import type { ChainStep, Service, ServicePort } from '../policy/index.js';
+import {
+  chainOf,
+  decideEdge,
+  effectiveInboundMtls,
+  effectiveModeForPort,
+  endpointsOf,
+  refName,
+  refOf,
+  targetPortOf,
+} from '../policy/index.js';
+import type { OutboundConfig, ProxyConfig } from './proxy-config.js';
+import type { MeshSnapshot, MeshWorkload } from './snapshot.js';
+import { serviceHosts } from './snapshot.js';
+
+/**
+ * From a snapshot to what each sidecar enforces: the pods a snapshot stands for, and the
+ * `ProxyConfig` of one of them. Pure; where things listen is the caller's business (`PodAddressing`):
+ * loopback addresses in the local mesh, the pod's own network in a cluster.
+ */
+
+/** One running pod: a Pod, or one replica of a controller's pod template. */
+export interface PodInstance {
+  readonly namespace: string;
+  readonly name: string;
+  readonly workload: MeshWorkload;
+  /** 0 for a Pod; the replica's ordinal for a controller. */
+  readonly ordinal: number;
+}
+
+/** A pod with the address the network gave it. */
+export interface PlacedPod extends PodInstance {
+  readonly podIP: string;
+}
+
+/** Where a pod's parts listen, decided by whoever runs the pods. */
+export interface PodAddressing {
+  /** Where the application of `pod` listens for `containerPort`. */
+  appAddress(pod: PlacedPod, containerPort: number): string;
+  /** Where the sidecar of `pod` takes the application's calls to `service:port`. */
+  outboundAddress(pod: PlacedPod, service: Service, port: number): string;
+  /** The sidecar's admin endpoint. */
+  adminAddress(pod: PlacedPod): string | undefined;
+}
+
+/**
+ * The pods a snapshot stands for: a Pod is itself; a controller makes `replicas` pods named
+ * `<name>-<ordinal>` (StatefulSet style; locally there is no ReplicaSet hash to borrow). WorkloadEntries
+ * are VMs, not pods, and are left out.
+ */
+export function podInstances(snapshot: MeshSnapshot): PodInstance[] {
+  const out: PodInstance[] = [];
+  for (const w of snapshot.workloads) {
+    if (w.kind === 'WorkloadEntry') continue;
+    const { namespace, name } = w.meta;
+    if (w.kind === 'Pod') {
+      out.push({ namespace, name, workload: w, ordinal: 0 });
+      continue;
+    }
+    for (let i = 0; i < Math.max(0, w.replicas); i++) {
+      out.push({ namespace, name: `${name}-${i}`, workload: w, ordinal: i });
+    }
+  }
+  return out.sort((a, b) =>
+    a.namespace === b.namespace ? compareNames(a.name, b.name) : a.namespace < b.namespace ? -1 : 1,
+  );
+}
+
+/** `web-2` before `web-10`. */
+function compareNames(a: string, b: string): number {
+  return a.localeCompare(b, 'en', { numeric: true });
+}
+
+/**
+ * The protocol a sidecar speaks on a port, as Istio infers it: `appProtocol` first, then the port
+ * name's prefix (`http`, `http-*`). kmtls's HTTP layer is HTTP/1.1, so `http2`, `grpc` and `h2c`
+ * ports are carried as TCP: byte for byte, still mTLS, without per-request metrics or the
+ * `x-forwarded-client-cert` header.
+ */
+export function portProtocol(port: Pick<ServicePort, 'name' | 'appProtocol'> | undefined): 'http' | 'tcp' {
+  if (!port) return 'tcp';
+  const app = port.appProtocol?.toLowerCase();
+  if (app !== undefined) return app === 'http' || app === 'kubernetes.io/http' ? 'http' : 'tcp';
+  const prefix = (port.name ?? '').toLowerCase().split('-')[0];
+  return prefix === 'http' ? 'http' : 'tcp';
+}
+
+/** The policy that set the mode: the last step of the chain that set it, or `default`. */
+export function decidingPolicy(chain: readonly ChainStep[]): string {
+  for (let i = chain.length - 1; i >= 0; i--) {
+    const step = chain[i]!;
+    if (step.effect === 'sets' && step.policy) return `${step.policy.namespace}/${step.policy.name}`;
+  }
+  return 'default';
+}
+
+/** Every Service port that sends traffic to `containerPort` of the workload. */
+function servicePortsTo(snapshot: MeshSnapshot, w: MeshWorkload, containerPort: number): ServicePort[] {
+  const out: ServicePort[] = [];
+  for (const s of snapshot.services) {
+    if (s.meta.namespace !== w.meta.namespace || !s.selector || Object.keys(s.selector).length === 0)
+      continue;
+    if (!Object.entries(s.selector).every(([k, v]) => w.meta.labels[k] === v)) continue;
+    for (const sp of s.ports) if (targetPortOf(sp, w) === containerPort) out.push(sp);
+  }
+  return out;
+}
+
+/** The inbound side of one pod: every declared container port with its mode and protocol. */
+export function inboundPorts(
+  snapshot: MeshSnapshot,
+  w: MeshWorkload,
+): {
+  port: number;
+  mode: ProxyConfig['inbound'][number]['mode'];
+  policy: string;
+  protocol: 'http' | 'tcp';
+}[] {
+  const effective = effectiveInboundMtls(snapshot.peerAuthentications, {
+    namespace: w.meta.namespace,
+    labels: w.meta.labels,
+  });
+  return w.ports.map((p) => {
+    const mode = effectiveModeForPort(effective, p.port);
+    const policy = decidingPolicy(chainOf(effective, p.port));
+    // Istio reads the protocol from the Service port in front; HTTP only when every such port says so.
+    const fronts = servicePortsTo(snapshot, w, p.port);
+    const protocol = fronts.length > 0 && fronts.every((sp) => portProtocol(sp) === 'http') ? 'http' : 'tcp';
+    return { port: p.port, mode, policy, protocol };
+  });
+}
+
+export interface DeriveOptions {
+  readonly version: string;
+  readonly trustDomains?: readonly string[];
+  readonly limits?: Partial<ProxyConfig['limits']>;
+}
+
+/**
+ * The ProxyConfig of one pod: an inbound listener per container port with the mode the policy core
+ * resolves, and an outbound listener per Service port of the mesh with, for each endpoint pod, what
+ * the client side sends there (auto mTLS / DestinationRule) and the identities secure naming accepts.
+ */
+export function deriveProxyConfig(
+  snapshot: MeshSnapshot,
+  pods: readonly PlacedPod[],
+  pod: PlacedPod,
+  addressing: PodAddressing,
+  options: DeriveOptions,
+): ProxyConfig {
+  const w = pod.workload;
+  const identity =
+    w.identity?.uri ?? `spiffe://${snapshot.options.trustDomain}/ns/${pod.namespace}/sa/default`;
+  const inbound = inboundPorts(snapshot, w).map((p) => ({
+    port: p.port,
+    listen: `${pod.podIP}:${p.port}`,
+    forward: addressing.appAddress(pod, p.port),
+    mode: p.mode,
+    protocol: p.protocol,
+    policy: p.policy,
+  }));
+  const podsOf = new Map<MeshWorkload, PlacedPod[]>();
+  for (const p of pods) {
+    const list = podsOf.get(p.workload) ?? [];
+    list.push(p);
+    podsOf.set(p.workload, list);
+  }
+  const outbound: OutboundConfig[] = [];
+  for (const service of snapshot.services) {
+    if (service.externalName !== undefined) continue;
+    for (const sp of service.ports) {
+      const out = outboundFor(snapshot, podsOf, pod, service, sp);
+      if (out) outbound.push({ ...out, listen: addressing.outboundAddress(pod, service, sp.port) });
+    }
+  }
+  const admin = addressing.adminAddress(pod);
+  return {
+    version: options.version,
+    workload: { namespace: pod.namespace, name: pod.name, identity },
+    trustDomains: [...(options.trustDomains ?? [snapshot.options.trustDomain])],
+    inbound,
+    outbound,
+    ...(admin ? { admin } : {}),
+    sourceAddress: pod.podIP,
+    limits: {
+      maxConnections: 10_000,
+      handshakeTimeoutMs: 10_000,
+      idleTimeoutMs: 3_600_000,
+      maxHeaderBytes: 64 * 1024,
+      detectTimeoutMs: 300,
+      drainMs: 5_000,
+      ...options.limits,
+    },
+  };
+}
+
+function outboundFor(
+  snapshot: MeshSnapshot,
+  podsOf: ReadonlyMap<MeshWorkload, PlacedPod[]>,
+  pod: PlacedPod,
+  service: Service,
+  sp: ServicePort,
+): Omit<OutboundConfig, 'listen'> | undefined {
+  const w = pod.workload;
+  const host = serviceHosts(service, snapshot.options.clusterDomain)[0]!;
+  const endpoints = endpointsOf(service, sp, snapshot.workloads) as {
+    workload: MeshWorkload;
+    port: number;
+  }[];
+  const decision = decideEdge(
+    {
+      peerAuthentications: snapshot.peerAuthentications,
+      destinationRules: snapshot.destinationRules,
+      autoMtls: snapshot.options.autoMtls,
+    },
+    {
+      source: {
+        ref: refOf(w.kind, w.meta),
+        namespace: w.meta.namespace,
+        labels: w.meta.labels,
+        inMesh: true,
+      },
+      host,
+      servicePort: sp.port,
+      service: {
+        ref: refOf('Service', service.meta),
+        namespace: service.meta.namespace,
+        headless: service.headless,
+      },
+      subset: undefined,
+      endpoints,
+    },
+  );
+  const byWorkload = new Map(endpoints.map((e) => [refName(e.workload.meta), e]));
+  const list: OutboundConfig['endpoints'] = [];
+  const identities = new Set<string>();
+  for (const v of decision.endpoints) {
+    const ep = byWorkload.get(`${v.workload.namespace}/${v.workload.name}`);
+    if (!ep) continue;
+    if (ep.workload.identity && ep.workload.membership.inMesh) identities.add(ep.workload.identity.uri);
+    for (const p of podsOf.get(ep.workload) ?? []) {
+      list.push({ address: `${p.podIP}:${ep.port}`, tls: v.clientTls, workload: `${p.namespace}/${p.name}` });
+    }
+  }
+  if (list.length === 0) return undefined;
+  const tls = decision.clusterTls.tls;
+  const drTls =
+    tls && (tls.mode === 'SIMPLE' || tls.mode === 'MUTUAL')
+      ? {
+          ...(tls.caCertificates ? { caCertificates: tls.caCertificates } : {}),
+          ...(tls.mode === 'MUTUAL' && tls.clientCertificate
+            ? { clientCertificate: tls.clientCertificate }
+            : {}),
+          ...(tls.mode === 'MUTUAL' && tls.privateKey ? { privateKey: tls.privateKey } : {}),
+          ...(tls.sni ? { sni: tls.sni } : {}),
+          ...(tls.subjectAltNames && tls.subjectAltNames.length > 0
+            ? { subjectAltNames: [...tls.subjectAltNames] }
+            : {}),
+        }
+      : undefined;
+  return {
+    name: `${host}:${sp.port}`,
+    protocol: portProtocol(sp),
+    endpoints: list,
+    expectedIdentities: [...identities].sort(),
+    ...(drTls ? { tls: drTls } : {}),
+  };
+}
