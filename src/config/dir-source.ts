@@ -1,6 +1,7 @@
 import type { FSWatcher } from 'node:fs';
 import { watch } from 'node:fs';
-import { readFile } from 'node:fs/promises';
+import { readdir, readFile } from 'node:fs/promises';
+import path from 'node:path';
 import type { MeshResources } from '../mesh/index.js';
 import type { Diagnostic } from '../policy/index.js';
 import { hasErrors } from '../policy/index.js';
@@ -63,7 +64,8 @@ export class DirectorySource implements ResourceSource {
   private readonly files = new Map<string, FileEntry>();
   private state: SourceState;
   private readonly listeners = new Set<(s: SourceState) => void>();
-  private watcher: FSWatcher | undefined;
+  private readonly watchers = new Map<string, FSWatcher>();
+  private watching = false;
   private scanning: Promise<void> = Promise.resolve();
   private timer: NodeJS.Timeout | undefined;
 
@@ -103,8 +105,9 @@ export class DirectorySource implements ResourceSource {
   }
 
   close(): void {
-    this.watcher?.close();
-    this.watcher = undefined;
+    this.watching = false;
+    for (const w of this.watchers.values()) w.close();
+    this.watchers.clear();
     if (this.timer) clearTimeout(this.timer);
     this.listeners.clear();
   }
@@ -115,20 +118,56 @@ export class DirectorySource implements ResourceSource {
     return this.scanning;
   }
 
+  /**
+   * One non-recursive watch per directory. Node 20's recursive watch on Linux follows files by
+   * inode, so it loses a file an editor saves by renaming a new one over it; a directory watch does not.
+   */
   private startWatching(): void {
-    const onEvent = () => {
-      if (this.timer) clearTimeout(this.timer);
-      this.timer = setTimeout(() => {
-        this.timer = undefined;
-        void this.rescan();
-      }, this.debounceMs);
+    this.watching = true;
+    void this.watchDirectories();
+  }
+
+  private async watchDirectories(): Promise<void> {
+    if (!this.watching) return;
+    const dirs = new Set<string>();
+    const walk = async (d: string) => {
+      dirs.add(d);
+      let entries: import('node:fs').Dirent[];
+      try {
+        entries = await readdir(d, { withFileTypes: true });
+      } catch {
+        return;
+      }
+      for (const e of entries) {
+        if (e.isDirectory() && !e.name.startsWith('.') && e.name !== 'node_modules')
+          await walk(path.join(d, e.name));
+      }
     };
-    try {
-      this.watcher = watch(this.dir, { recursive: true }, onEvent);
-    } catch {
-      this.watcher = watch(this.dir, onEvent);
+    await walk(this.dir);
+    for (const [d, w] of this.watchers) {
+      if (!dirs.has(d)) {
+        w.close();
+        this.watchers.delete(d);
+      }
     }
-    this.watcher.on('error', () => {});
+    for (const d of dirs) {
+      if (this.watchers.has(d)) continue;
+      try {
+        const w = watch(d, () => this.onEvent());
+        w.on('error', () => {});
+        this.watchers.set(d, w);
+      } catch {
+        // Gone already; the next scan looks again.
+      }
+    }
+  }
+
+  private onEvent(): void {
+    if (this.timer) clearTimeout(this.timer);
+    this.timer = setTimeout(() => {
+      this.timer = undefined;
+      void this.rescan().then(() => this.watchDirectories());
+    }, this.debounceMs);
   }
 
   private async scan(): Promise<void> {

@@ -220,13 +220,17 @@ export class ControlPlane {
     this.version = nextVersion;
     this.snapshot = snapshot;
     this.observer.configErrors(state.errors.length);
-    if (changed.length > 0) {
+    // A change counts once sidecars are listening: the first configs at start-up are not pushes.
+    const pushedTo = changed.filter((k) => (this.pods.get(k)?.listeners.size ?? 0) > 0);
+    if (pushedTo.length > 0) {
       this.lastChange = {
         version: String(nextVersion),
         noticedAtMs: state.changedAtMs,
-        pods: new Set(changed),
+        pods: new Set(pushedTo),
         appliedAtMs: new Map(),
       };
+    }
+    if (changed.length > 0) {
       for (const key of changed) {
         const entry = this.pods.get(key)!;
         for (const l of entry.listeners) l(entry.current!);

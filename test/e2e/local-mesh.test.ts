@@ -6,7 +6,7 @@
 import assert from 'node:assert/strict';
 import type { ChildProcess } from 'node:child_process';
 import { execFile, spawn } from 'node:child_process';
-import { cp, mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises';
+import { cp, mkdtemp, readdir, readFile, rename, rm, writeFile } from 'node:fs/promises';
 import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
@@ -218,7 +218,9 @@ test('kmtls up runs the quickstart as a mesh: check matrix, live edits, bad mani
   const frontendStrict = /(name: default\n\s+namespace: frontend\n[\s\S]*?mode: )STRICT/;
   assert.match(original, frontendStrict);
   const before = (await status()).controlPlane.version;
-  await writeFile(policies, original.replace(frontendStrict, '$1PERMISSIVE'));
+  // Saved the way many editors save: a new file renamed over the old one.
+  await writeFile(`${policies}.swp`, original.replace(frontendStrict, '$1PERMISSIVE'));
+  await rename(`${policies}.swp`, policies);
   await eventually('plaintext to web-0 to be accepted', async () =>
     (await plaintext(web0, 8000, true)) === 'accepted' ? true : undefined,
   );
