@@ -2,7 +2,10 @@
  * `npm run bench`: how fast kmtls resolves PeerAuthentication modes for a large mesh, how that grows,
  * and how it compares with a naive full scan; then how many certificates the CA issues per second
  * against the machine's own signing ceiling (bench/pki.ts); then the sidecar proxy against nginx and haproxy
- * (bench/proxy.ts) — then writes BENCHMARKS.md from the figures. `--only proxy` runs the last part alone.
+ * (bench/proxy.ts); then the control plane: policy-change-to-enforcement latency for 1, 10 and 100
+ * sidecars, and its memory per connected proxy (bench/controlplane.ts) — then writes BENCHMARKS.md from
+ * the figures. `--only proxy` and `--only controlplane` run one of the last two parts alone and rewrite
+ * only its section.
  *
  * Times are reported, never judged: the machine is shared, so nothing here fails on a time. It does
  * fail when the indexed resolution and the naive reference disagree on any workload's mode, and when
@@ -14,6 +17,9 @@ import os from 'node:os';
 import { fileURLToPath } from 'node:url';
 import type { CasePlan, CaseResult } from './cases.js';
 import { runCase } from './cases.js';
+import type { ControlPlanePlan } from './controlplane.js';
+import { runControlPlaneBench } from './controlplane.js';
+import { renderControlPlaneSection, replaceControlPlaneSection } from './controlplane-report.js';
 import { hasGc } from './measure.js';
 import type { PkiPlan } from './pki.js';
 import { runPkiBench } from './pki.js';
@@ -125,6 +131,24 @@ const PROXY: ProxyPlan = {
   withInfoLog: true,
 };
 
+/**
+ * The control plane part (bench/controlplane.ts): about a minute and a half. Ten timed policy changes
+ * per size (1, 10 and 100 sidecars, taking turns), after one untimed each; memory with 0, 10 and 100
+ * connected proxies, then a Service in front of the 100, on three fresh control planes.
+ */
+const CONTROL_PLANE: ControlPlanePlan = {
+  latency: {
+    sizes: [1, 10, 100],
+    warmup: 1,
+    repetitions: 10,
+    pauseMs: 200,
+    probeConcurrency: 4,
+    timeoutMs: 20_000,
+  },
+  memory: { repetitions: 3, steps: [0, 10, 100], settleMs: 1_000, rssSamples: 5, withService: true },
+  startConcurrency: 10,
+};
+
 function describeCommit(): string {
   try {
     const git = (...args: string[]) => execFileSync('git', args, { cwd: REPO_ROOT, encoding: 'utf8' }).trim();
@@ -155,7 +179,18 @@ async function main(): Promise<void> {
   });
   if (process.argv.includes('--only')) {
     const only = process.argv[process.argv.indexOf('--only') + 1];
-    if (only !== 'proxy') throw new Error(`--only ${only ?? ''}: only "proxy" can run alone`);
+    if (only === 'controlplane') {
+      const cp = await runControlPlaneBench(CONTROL_PLANE, REPO_ROOT, log);
+      const section = renderControlPlaneSection(
+        cp,
+        proxyContext('node --import tsx bench/run.ts --only controlplane'),
+      );
+      writeFileSync(REPORT, replaceControlPlaneSection(readFileSync(REPORT, 'utf8'), section));
+      log(`rewrote the control plane section of ${fileURLToPath(REPORT)} (${cp.totalSeconds.toFixed(0)} s)`);
+      return;
+    }
+    if (only !== 'proxy')
+      throw new Error(`--only ${only ?? ''}: only "proxy" or "controlplane" can run alone`);
     const proxy = await runProxyBench(PROXY, REPO_ROOT, log);
     const section = renderProxySection(proxy, proxyContext('node --import tsx bench/run.ts --only proxy'));
     writeFileSync(REPORT, replaceProxySection(readFileSync(REPORT, 'utf8'), section));
@@ -170,6 +205,10 @@ async function main(): Promise<void> {
   const cases = [headline, ...growth].sort(byWorkloads);
   const pki = await runPkiBench(PKI, log);
   const proxy = renderProxySection(await runProxyBench(PROXY, REPO_ROOT, log), proxyContext('npm run bench'));
+  const controlPlane = renderControlPlaneSection(
+    await runControlPlaneBench(CONTROL_PLANE, REPO_ROOT, log),
+    proxyContext('npm run bench'),
+  );
 
   const env: Environment = {
     command: 'npm run bench',
@@ -182,7 +221,10 @@ async function main(): Promise<void> {
     seed: SEED,
     totalSeconds: (performance.now() - started) / 1000,
   };
-  writeFileSync(REPORT, renderReport(env, headline, cases, pki, proxy));
+  writeFileSync(
+    REPORT,
+    replaceControlPlaneSection(renderReport(env, headline, cases, pki, proxy), controlPlane),
+  );
   log(`wrote ${fileURLToPath(REPORT)} (${env.totalSeconds.toFixed(0)} s)`);
 }
 
