@@ -98,17 +98,7 @@ export async function runUp(argv: readonly string[], io: CommandIo): Promise<num
     drawing = true;
     try {
       const text = formatStatus(await collectStatus(await readRuntime(stateDir)));
-      const procs = mesh.processes();
-      const restarting = [
-        procs.controlPlane,
-        ...[...procs.pods.values()].flatMap((p) => [...(p.sidecar ? [p.sidecar] : []), ...p.apps]),
-      ]
-        .filter((p) => p.state !== 'running' || p.restarts > 0)
-        .map(
-          (p) =>
-            `  ${p.name}: ${p.state}${p.restarts > 0 ? `, restarted ${p.restarts}×` : ''}${p.lastExit ? ` (last ${p.lastExit})` : ''}`,
-        );
-      const full = restarting.length > 0 ? `${text}\nprocesses:\n${restarting.join('\n')}\n` : text;
+      const full = text;
       if (tty) {
         io.stdout(`\x1b[H\x1b[2J${new Date().toLocaleTimeString()}  kmtls up ${dir}\n${full}`);
       } else if (values['no-view'] !== true && (full !== last || dirty)) {

@@ -225,7 +225,8 @@ export class DirectorySource implements ResourceSource {
     const served = entries.flatMap(([, e]) => (e.good ? [...e.good.objects] : []));
     const read = readResources(served);
     const previousServed = this.servedKey;
-    this.servedKey = entries.map(([f, e]) => `${f}\0${e.good?.text ?? ''}`).join('\0\0');
+    // Only what is served counts: a file that never had a good version changes nothing served.
+    this.servedKey = entries.flatMap(([f, e]) => (e.good ? [`${f}\0${e.good.text}`] : [])).join('\0\0');
     const errors = entries.flatMap(([, e]) => (e.error ? [e.error] : []));
     const resourcesChanged = previousServed !== this.servedKey;
     this.state = {

@@ -111,6 +111,8 @@ interface PodEntry {
   readonly spec: PlacedPodSpec;
   readonly placed: PlacedPod;
   current: ConfigVersion | undefined;
+  /** The current config without its version, as text: what "changed" is judged on. */
+  fingerprint: string | undefined;
   applied: string | undefined;
   readonly listeners: Set<(v: ConfigVersion) => void>;
 }
@@ -136,8 +138,10 @@ export class ControlPlane {
     this.observer = options.observer ?? NO_CONTROL_PLANE_OBSERVER;
     this.snapshot = buildMeshSnapshot(options.source.current().resources, options.mesh, 0);
     this.recompute();
-    const soon = () => this.schedule();
-    this.unsubscribe.push(options.source.subscribe(soon), options.placement.subscribe(soon));
+    this.unsubscribe.push(
+      options.source.subscribe((state) => this.schedule(state.changedAtMs)),
+      options.placement.subscribe(() => this.schedule(options.clock.now())),
+    );
   }
 
   get trustDomain(): string {
@@ -153,7 +157,11 @@ export class ControlPlane {
     if (this.timer) clearTimeout(this.timer);
   }
 
-  private schedule(): void {
+  /** When the first change not yet recomputed was noticed. */
+  private pendingSinceMs: number | undefined;
+
+  private schedule(noticedAtMs: number): void {
+    this.pendingSinceMs = Math.min(this.pendingSinceMs ?? noticedAtMs, noticedAtMs);
     if (this.timer) clearTimeout(this.timer);
     this.timer = setTimeout(() => {
       this.timer = undefined;
@@ -164,6 +172,8 @@ export class ControlPlane {
   /** Rebuilds from the sources now; returns the names of the pods whose config changed. */
   recompute(): string[] {
     const state = this.options.source.current();
+    const noticedAtMs = this.pendingSinceMs ?? state.changedAtMs;
+    this.pendingSinceMs = undefined;
     const nextVersion = this.version + 1;
     const snapshot = buildMeshSnapshot(state.resources, this.options.mesh, nextVersion);
     const instances = new Map(podInstances(snapshot).map((p) => [`${p.namespace}/${p.name}`, p]));
@@ -184,6 +194,7 @@ export class ControlPlane {
           spec,
           placed: pod,
           current: entry?.current,
+          fingerprint: entry?.fingerprint,
           applied: entry?.applied,
           listeners: entry?.listeners ?? new Set(),
         };
@@ -191,6 +202,7 @@ export class ControlPlane {
       }
       if (!spec.sidecar) {
         entry.current = undefined;
+        entry.fingerprint = undefined;
         continue;
       }
       const config = deriveProxyConfig(
@@ -209,8 +221,10 @@ export class ControlPlane {
       );
       // Listeners the local runner gave no address are left out rather than failing the whole config.
       const usable = { ...config, outbound: config.outbound.filter((o) => o.listen !== '') };
-      const before = entry.current?.config;
-      if (before && isDeepStrictEqual({ ...before, version: '' }, { ...usable, version: '' })) continue;
+      // One string per config is much cheaper than a deep comparison of every config on every change.
+      const fingerprint = JSON.stringify({ ...usable, version: '' });
+      if (entry.current && entry.fingerprint === fingerprint) continue;
+      entry.fingerprint = fingerprint;
       entry.current = { version: String(nextVersion), config: usable };
       changed.push(key);
     }
@@ -225,7 +239,7 @@ export class ControlPlane {
     if (pushedTo.length > 0) {
       this.lastChange = {
         version: String(nextVersion),
-        noticedAtMs: state.changedAtMs,
+        noticedAtMs,
         pods: new Set(pushedTo),
         appliedAtMs: new Map(),
       };

@@ -2,10 +2,19 @@ import { generateKeyPairSync, randomBytes } from 'node:crypto';
 import { readFile } from 'node:fs/promises';
 import net from 'node:net';
 import tls from 'node:tls';
+import { DirectorySource } from '../config/index.js';
 import type { ControlPlaneStatus } from '../controlplane/index.js';
 import { KmtlsError } from '../errors.js';
 import { parseSpiffeId } from '../identity/index.js';
-import { CLIENT_ALPN_HTTP, CLIENT_ALPN_TCP, controlPlaneIdentity } from '../mesh/index.js';
+import type { MeshSnapshot } from '../mesh/index.js';
+import {
+  buildMeshSnapshot,
+  CLIENT_ALPN_HTTP,
+  CLIENT_ALPN_TCP,
+  controlPlaneIdentity,
+  explainEdge,
+  findWorkload,
+} from '../mesh/index.js';
 import { CertificateAuthority, createRoot, selfSignedMaterial } from '../pki/index.js';
 import type { ServerMode } from '../policy/index.js';
 import { judge } from '../policy/index.js';
@@ -42,6 +51,8 @@ export interface FlowResult {
   readonly destination: string;
   readonly declared: FlowOutcome;
   readonly observed: FlowOutcome;
+  /** What the policy core predicts for the edge (`explain edge`), `mixed` when endpoints differ. */
+  readonly predicted: FlowOutcome | 'mixed' | 'depends' | 'unknown';
   readonly detail: string;
   readonly ok: boolean;
 }
@@ -337,8 +348,12 @@ export async function runCheck(
   });
 
   const flowResults: FlowResult[] = [];
+  const snapshot = flows.length > 0 ? await servedSnapshot(info) : undefined;
   for (const f of flows) {
     const [srcNs, srcName] = f.source.split('/') as [string, string];
+    const predicted = snapshot
+      ? predictFlow(snapshot, srcNs, srcName, `${f.service}.${f.namespace}:${f.port}`)
+      : 'unknown';
     const src =
       info.pods.find((p) => p.namespace === srcNs && p.name === srcName) ??
       info.pods.find((p) => p.namespace === srcNs && p.name.replace(/-[0-9]+$/, '') === srcName);
@@ -352,6 +367,7 @@ export async function runCheck(
         destination: `${f.namespace}/${f.service}:${f.port}`,
         declared: f.declared,
         observed: 'refused',
+        predicted,
         detail: !src
           ? `no pod of ${f.source} runs in the mesh`
           : `no Service port ${f.namespace}/${f.service}:${f.port}`,
@@ -392,6 +408,7 @@ export async function runCheck(
       destination: `${f.namespace}/${f.service}:${f.port}`,
       declared: f.declared,
       observed,
+      predicted,
       detail,
       ok: observed === f.declared,
     });
@@ -401,6 +418,45 @@ export async function runCheck(
     flows: flowResults,
     mismatches: probes.filter((p) => !p.ok).length + flowResults.filter((f) => !f.ok).length,
   };
+}
+
+/** The manifests as the control plane serves them (a file that never validated is left out). */
+async function servedSnapshot(info: RuntimeInfo): Promise<MeshSnapshot> {
+  const source = await DirectorySource.open(info.dir, { watch: false });
+  source.close();
+  return buildMeshSnapshot(source.current().resources, {
+    trustDomain: info.trustDomain,
+    rootNamespace: info.rootNamespace ?? 'istio-system',
+  });
+}
+
+/** What `explain edge` says a flow does: mtls, plaintext or refused when every endpoint agrees. */
+export function predictFlow(
+  snapshot: MeshSnapshot,
+  namespace: string,
+  name: string,
+  hostPort: string,
+): FlowResult['predicted'] {
+  let found = findWorkload(snapshot, `${namespace}/${name}`);
+  if (!found.ok) found = findWorkload(snapshot, `${namespace}/${name.replace(/-[0-9]+$/, '')}`);
+  if (!found.ok) return 'unknown';
+  const edge = explainEdge(snapshot, found.workload, hostPort);
+  if (!edge.ok) return 'unknown';
+  const e = edge.explanation;
+  if (e.problem) return 'refused';
+  const outcomes = new Set(
+    e.endpoints.map((ep): FlowResult['predicted'] =>
+      ep.verdict === 'fails'
+        ? 'refused'
+        : ep.verdict === 'depends'
+          ? 'depends'
+          : ep.code === 'MTLS'
+            ? 'mtls'
+            : 'plaintext',
+    ),
+  );
+  if (outcomes.size === 0) return 'unknown';
+  return outcomes.size === 1 ? [...outcomes][0]! : 'mixed';
 }
 
 /** The report as a table: observed next to expected, mismatches marked. */
@@ -423,7 +479,7 @@ export function formatCheck(r: CheckReport): string {
     lines.push('', 'declared flows:');
     for (const f of r.flows) {
       lines.push(
-        `  ${f.ok ? 'ok      ' : 'MISMATCH'}  line ${f.line}: ${f.source} -> ${f.destination}: declared ${f.declared}, observed ${f.observed} (${f.detail})`,
+        `  ${f.ok ? 'ok      ' : 'MISMATCH'}  line ${f.line}: ${f.source} -> ${f.destination}: declared ${f.declared}, observed ${f.observed} (${f.detail}); the policies say ${f.predicted}`,
       );
     }
   }

@@ -39,6 +39,7 @@ export interface RuntimeInfo {
   readonly dir: string;
   readonly stateDir: string;
   readonly trustDomain: string;
+  readonly rootNamespace: string;
   readonly controlPlane: { readonly api: string; readonly admin: string };
   readonly rootCertFile: string;
   readonly checkTokenFile: string;
@@ -158,6 +159,29 @@ export class LocalMesh {
     return { controlPlane: this.controlPlane.status(), pods };
   }
 
+  private processesTimer: NodeJS.Timeout | undefined;
+
+  /** A process started, ended or restarted: tell the view, and write processes.json for `status`. */
+  private changed(): void {
+    this.options.onChange?.();
+    if (this.processesTimer || this.stopped) return;
+    this.processesTimer = setTimeout(() => {
+      this.processesTimer = undefined;
+      const p = this.processes();
+      const body = {
+        controlPlane: p.controlPlane,
+        pods: Object.fromEntries(
+          [...p.pods].map(([k, v]) => [k, [...(v.sidecar ? [v.sidecar] : []), ...v.apps]]),
+        ),
+      };
+      void writeFileAtomic(
+        this.file('processes.json'),
+        Buffer.from(JSON.stringify(body, null, 2)),
+        0o644,
+      ).catch(() => {});
+    }, 50);
+  }
+
   /** Restarts the control plane process (as a crash would); sidecars keep serving meanwhile. */
   killControlPlane(): void {
     this.controlPlane.kill('SIGKILL');
@@ -202,7 +226,7 @@ export class LocalMesh {
         logFile: this.file('logs', 'controlplane.log'),
         restart: 'Always',
       },
-      () => this.options.onChange?.(),
+      () => this.changed(),
     );
     this.controlPlane.start();
     const up = await waitUntil(
@@ -266,6 +290,7 @@ export class LocalMesh {
       dir: this.options.dir,
       stateDir: this.options.stateDir,
       trustDomain: this.options.trustDomain,
+      rootNamespace: this.options.rootNamespace,
       controlPlane: this.plan.controlPlane,
       rootCertFile: this.file('root-cert.pem'),
       checkTokenFile: this.tokenFile('check'),
@@ -304,7 +329,7 @@ export class LocalMesh {
     for (const [key, p] of wanted) if (!this.pods.has(key)) starting.push(this.startPod(p));
     await Promise.all(starting);
     await this.writeRuntime();
-    this.options.onChange?.();
+    this.changed();
   }
 
   /** What, if changed, needs the pod's processes restarted (policies never do). */
@@ -351,7 +376,7 @@ export class LocalMesh {
           logFile: log('sidecar'),
           restart: 'Always',
         },
-        () => this.options.onChange?.(),
+        () => this.changed(),
       );
       sidecar.start();
       // As a native sidecar: the application starts once the sidecar is ready.
@@ -376,7 +401,7 @@ export class LocalMesh {
             logFile: log(c.name),
             restart: p.restart,
           },
-          () => this.options.onChange?.(),
+          () => this.changed(),
         );
         proc.start();
         return proc;
@@ -392,6 +417,7 @@ export class LocalMesh {
   /** Stops every process it started, applications first, then sidecars, then the control plane. */
   async stop(): Promise<void> {
     this.stopped = true;
+    if (this.processesTimer) clearTimeout(this.processesTimer);
     this.source?.close();
     await this.reconciling;
     const pods = [...this.pods.values()];

@@ -129,6 +129,9 @@ export class LocalAllocator {
   retain(podKeys: ReadonlySet<string>, serviceKeys: ReadonlySet<string>): void {
     for (const k of [...this.pods.keys()]) if (!podKeys.has(k)) this.pods.delete(k);
     for (const k of [...this.services.keys()]) if (!serviceKeys.has(k)) this.services.delete(k);
+    for (const k of [...this.outboundPorts.keys()]) {
+      if (!serviceKeys.has(k.slice(0, k.lastIndexOf(':')))) this.outboundPorts.delete(k);
+    }
     for (const k of [...this.appPorts.keys()]) {
       const pod = k.split('/').slice(0, 2).join('/');
       if (!podKeys.has(pod)) this.appPorts.delete(k);
@@ -216,7 +219,9 @@ export function placementOf(plan: LocalPlan): Placement {
       name: p.name,
       podIP: p.podIP,
       sidecar: p.sidecar,
-      apps: Object.fromEntries([...p.appPorts].map(([cp, ap]) => [String(cp), `127.0.0.1:${ap}`])),
+      apps: Object.fromEntries(
+        [...p.appPorts].map(([cp, ap]) => [String(cp), `${p.sidecar ? '127.0.0.1' : p.podIP}:${ap}`]),
+      ),
       ...(p.admin ? { admin: p.admin } : {}),
       outbound: Object.fromEntries(
         plan.services.flatMap((s) =>

@@ -1,3 +1,5 @@
+import { readFile } from 'node:fs/promises';
+import path from 'node:path';
 import type { ControlPlaneStatus } from '../controlplane/index.js';
 import type { PortTally } from '../proxy/index.js';
 import type { RuntimeInfo } from './mesh.js';
@@ -40,6 +42,13 @@ export interface PodView {
   }[];
 }
 
+export interface ProcessInfo {
+  readonly name: string;
+  readonly state: string;
+  readonly restarts: number;
+  readonly lastExit: string | undefined;
+}
+
 export interface MeshStatus {
   readonly dir: string;
   readonly stateDir: string;
@@ -51,6 +60,7 @@ export interface MeshStatus {
     readonly connectedProxies: number | undefined;
     readonly certificatesIssued: number | undefined;
   };
+  readonly controlPlaneProcess: ProcessInfo | undefined;
   readonly lastChange: ControlPlaneStatus['lastChange'];
   readonly errors: ControlPlaneStatus['errors'];
   readonly pods: readonly PodView[];
@@ -70,6 +80,12 @@ async function getJson<T>(address: string | undefined, pathname: string): Promis
 /** The running local mesh as data: the control plane's view joined with each sidecar's own. */
 export async function collectStatus(info: RuntimeInfo): Promise<MeshStatus> {
   const cp = await getJson<ControlPlaneStatus>(info.controlPlane.admin, '/status');
+  let procs: { controlPlane?: ProcessInfo; pods?: Record<string, ProcessInfo[]> } = {};
+  try {
+    procs = JSON.parse(await readFile(path.join(info.stateDir, 'processes.json'), 'utf8')) as typeof procs;
+  } catch {
+    // Not written yet.
+  }
   const byIp = new Map(info.pods.map((p) => [p.podIP, `${p.namespace}/${p.name}`]));
   const cpPods = new Map((cp?.pods ?? []).map((p) => [`${p.namespace}/${p.name}`, p]));
   const pods = await Promise.all(
@@ -119,6 +135,12 @@ export async function collectStatus(info: RuntimeInfo): Promise<MeshStatus> {
         controlPlaneConnected: link?.connected,
         ports,
         outbound: conns?.outbound,
+        processes: (procs.pods?.[key] ?? []).map((p) => ({
+          name: p.name,
+          state: p.state,
+          restarts: p.restarts,
+          lastExit: p.lastExit,
+        })),
       };
     }),
   );
@@ -132,6 +154,7 @@ export async function collectStatus(info: RuntimeInfo): Promise<MeshStatus> {
       connectedProxies: cp?.connectedProxies,
       certificatesIssued: cp?.certificatesIssued,
     },
+    controlPlaneProcess: procs.controlPlane,
     lastChange: cp?.lastChange,
     errors: cp?.errors ?? [],
     pods,
@@ -220,6 +243,18 @@ export function formatStatus(s: MeshStatus): string {
     }
   }
   if (callers.length > 0) lines.push('', 'plaintext callers and refusals:', ...callers);
+  const troubled: ProcessInfo[] = [
+    ...(s.controlPlaneProcess ? [s.controlPlaneProcess] : []),
+    ...s.pods.flatMap((p) => [...(p.processes ?? [])]),
+  ].filter((p) => p.state !== 'running' || p.restarts > 0);
+  if (troubled.length > 0) {
+    lines.push('', 'processes:');
+    for (const p of troubled) {
+      lines.push(
+        `  ${p.name}: ${p.state}${p.restarts > 0 ? `, restarted ${p.restarts}×` : ''}${p.lastExit ? ` (last ${p.lastExit})` : ''}`,
+      );
+    }
+  }
   if (s.errors.length > 0) {
     lines.push('', 'manifest errors:');
     for (const e of s.errors) {

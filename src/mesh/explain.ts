@@ -58,6 +58,18 @@ export function findWorkload(
       message: `ambiguous workload: ${target} (${same.map((w) => w.kind).join(' and ')} share the name)`,
     };
   }
+  // A pod as the local mesh names it: `<controller>-<ordinal>`, one replica of a pod template.
+  const replica = /^(.+)-([0-9]+)$/.exec(name);
+  if (replica) {
+    const owners = snapshot.workloads.filter(
+      (w) =>
+        w.meta.namespace === ns &&
+        w.kind !== 'Pod' &&
+        w.meta.name === replica[1] &&
+        Number(replica[2]) < w.replicas,
+    );
+    if (owners.length === 1) return { ok: true, workload: owners[0]! };
+  }
   const inNs = snapshot.workloads
     .filter((w) => w.meta.namespace === ns)
     .map((w) => `${w.kind} ${w.meta.name}`);

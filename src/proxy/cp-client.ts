@@ -49,6 +49,8 @@ export interface ControlPlaneLink {
   readonly controlPlaneIdentity: string;
   /** The current certificate, presented as the client certificate. */
   readonly identity?: ProxyIdentity | undefined;
+  /** Keeps connections for short calls (acknowledgements); none: a connection per call. */
+  readonly agent?: https.Agent | undefined;
 }
 
 function tlsOptionsFor(link: ControlPlaneLink): https.RequestOptions {
@@ -58,7 +60,7 @@ function tlsOptionsFor(link: ControlPlaneLink): https.RequestOptions {
     port: link.address.port,
     ca: link.rootsPem,
     minVersion: 'TLSv1.2',
-    agent: false,
+    agent: link.agent ?? false,
     ...(link.identity ? { cert: link.identity.chainPem, key: link.identity.keyPem } : {}),
     checkServerIdentity: (_host: string, cert: PeerCertificate) => {
       const uris = (cert.subjectaltname ?? '').split(', ').filter((s) => s.startsWith('URI:'));
@@ -167,6 +169,7 @@ export class ControlPlaneClient {
   private lastError: string | undefined;
   private firstCert: ((ok: boolean) => void) | undefined;
   private readonly random: () => number;
+  private readonly agent = new https.Agent({ keepAlive: true, maxSockets: 1 });
 
   constructor(private readonly options: ControlPlaneClientOptions) {
     this.roots = options.rootsPem;
@@ -230,6 +233,7 @@ export class ControlPlaneClient {
     this.renewer?.stop();
     if (this.retryTimer) clearTimeout(this.retryTimer);
     this.request?.destroy();
+    this.agent.destroy();
   }
 
   private link(): ControlPlaneLink {
@@ -248,7 +252,8 @@ export class ControlPlaneClient {
   }
 
   private call(method: string, path: string, body: string, headers: Record<string, string>): Promise<string> {
-    return callControlPlane(this.link(), method, path, body, headers);
+    // Acknowledgements reuse a connection: a handshake per ack would cost the control plane more than the push.
+    return callControlPlane({ ...this.link(), agent: this.agent }, method, path, body, headers);
   }
 
   private connect(): void {
@@ -289,6 +294,28 @@ export class ControlPlaneClient {
     this.request = req;
   }
 
+  /**
+   * A new trust bundle (a root rotation has begun or ended): the same certificate and key with the new
+   * roots, for new connections at once. A bundle that cannot be read is refused and the old one stays.
+   */
+  private updateTrustBundle(roots: string): void {
+    const id = this.identity;
+    if (roots === this.roots && (!id || id.bundlePem === roots)) return;
+    this.roots = roots;
+    if (!id || id.bundlePem === roots) return;
+    try {
+      const next = buildIdentity({ chainPem: id.chainPem, keyPem: id.keyPem, bundlePem: roots });
+      this.identity = next;
+      this.options.setIdentity(next);
+      this.options.log.info({ roots: next.roots.length }, 'trust bundle updated');
+    } catch (err) {
+      this.options.log.error(
+        { code: (err as KmtlsError).code, err: (err as Error).message },
+        'trust bundle refused; keeping the last good one',
+      );
+    }
+  }
+
   private async receive(line: string): Promise<void> {
     let message: { version?: unknown; config?: unknown; roots?: unknown };
     try {
@@ -300,6 +327,7 @@ export class ControlPlaneClient {
       );
       return;
     }
+    if (typeof message.roots === 'string') this.updateTrustBundle(message.roots);
     const r = parseProxyConfig(message.config);
     if (!r.ok) {
       this.options.log.error(

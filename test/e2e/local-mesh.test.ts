@@ -126,7 +126,7 @@ interface CheckJson {
     detail: string;
     ok: boolean;
   }[];
-  flows: { ok: boolean; observed: string }[];
+  flows: { ok: boolean; observed: string; predicted: string }[];
   mismatches: number;
 }
 
@@ -193,10 +193,16 @@ test('kmtls up runs the quickstart as a mesh: check matrix, live edits, bad mani
       [false, 'refused'],
     ],
   );
+  // The policy core agrees with the wire, including on the flow the file got wrong.
+  assert.deepEqual(
+    fj.flows.map((f) => f.predicted),
+    ['mtls', 'mtls', 'refused', 'plaintext', 'refused'],
+  );
 
   const status = async () =>
     JSON.parse((await kmtls(['status', '--state-dir', stateDir, '-o', 'json'])).stdout) as {
       controlPlane: { reachable: boolean; version: string; connectedProxies: number };
+      controlPlaneProcess?: { state: string; restarts: number; lastExit?: string };
       lastChange?: { version: string; latencyMs?: number; pods: number; applied: number };
       errors: { file: string; servingLastGood: boolean }[];
       pods: {
@@ -276,7 +282,8 @@ test('kmtls up runs the quickstart as a mesh: check matrix, live edits, bad mani
     },
     60_000,
   );
-  assert.ok(recovered);
+  assert.equal(recovered.controlPlaneProcess?.restarts, 1, 'status shows the restart');
+  assert.equal(recovered.controlPlaneProcess?.lastExit, 'signal SIGKILL');
   assert.equal(await readFile(path.join(stateDir, 'root-cert.pem'), 'utf8'), root, 'the CA survived');
   const again = await kmtls(['check', '--state-dir', stateDir]);
   assert.equal(again.code, 0, again.stdout);

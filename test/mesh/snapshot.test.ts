@@ -344,3 +344,24 @@ test('explain edge refuses a port the Service does not have, listing its ports',
   assert.equal(r.ok, false);
   if (!r.ok) assert.match(r.message, /ports: 8080, 9090/);
 });
+
+test('findWorkload takes the local mesh pod names <controller>-<ordinal>, within the replica count', () => {
+  const s = snapshotOf(`apiVersion: apps/v1
+kind: StatefulSet
+metadata: {name: ledger, namespace: finance}
+spec:
+  replicas: 2
+  selector: {matchLabels: {app: ledger}}
+  template:
+    metadata: {labels: {app: ledger}}
+    spec: {containers: [{name: ledger, image: x}]}
+`);
+  for (const name of ['finance/ledger', 'finance/ledger-0', 'finance/ledger-1']) {
+    const found = findWorkload(s, name);
+    assert.ok(found.ok, name);
+    if (found.ok) assert.equal(found.workload.meta.name, 'ledger');
+  }
+  const beyond = findWorkload(s, 'finance/ledger-2');
+  assert.equal(beyond.ok, false);
+  if (!beyond.ok) assert.equal(beyond.code, 'KMTLS_EXPLAIN_NOT_FOUND');
+});
