@@ -1,6 +1,7 @@
 import { generateKeyPairSync, randomBytes } from 'node:crypto';
 import { watch } from 'node:fs';
 import { readFile } from 'node:fs/promises';
+import { hostname } from 'node:os';
 import path from 'node:path';
 import { pino } from 'pino';
 import { DirectorySource } from '../config/index.js';
@@ -14,6 +15,7 @@ import {
 import { KmtlsError } from '../errors.js';
 import type { SpiffeId } from '../identity/index.js';
 import { DEFAULT_TRUST_DOMAIN, parseSpiffeId } from '../identity/index.js';
+import { loadKubeConfig, startInjectionWebhook, startKubeControlPlane } from '../kube/index.js';
 import type { Placement } from '../mesh/index.js';
 import { controlPlaneIdentity, placementSchema } from '../mesh/index.js';
 import {
@@ -36,6 +38,9 @@ export const CONTROLPLANE_USAGE = `Usage:
   kmtls controlplane --dir DIR --state-dir STATE [--listen ADDR] [--admin ADDR]
                      [--placement FILE] [--tokens FILE] [--trust-domain TD]
                      [--root-namespace NS] [--log-level info]
+  kmtls controlplane --source kubernetes [--kubeconfig FILE] [--namespace NS] [--pod-name NAME]
+                     [--listen ADDR] [--admin ADDR] [--webhook ADDR] [--no-interception]
+                     [--trust-domain TD] [--root-namespace NS] [--log-level info]
 
 Serves the mesh CA and a ProxyConfig stream per sidecar over mTLS, from the manifests in DIR (watched;
 a file that becomes invalid is reported and its last good version keeps serving).
@@ -45,6 +50,13 @@ a file that becomes invalid is reported and its last good version keeps serving)
   --admin       /ready /metrics /status over plain HTTP (default 127.0.0.1:15014)
   --placement   JSON: where each pod runs (written by kmtls up)
   --tokens      JSON: bootstrap token digests → identity (written by kmtls up)
+
+With --source kubernetes it reads the cluster (informers), keeps the CA in Secret NS/kmtls-ca (or
+uses the plug-in CA in NS/cacerts), authenticates sidecars with TokenReview, serves the injection
+webhook (--webhook, default 0.0.0.0:15017), and on the replica holding the Lease publishes the root
+bundle ConfigMap kmtls-ca-root-cert in every namespace and issues opt-in TLS Secrets.
+  --namespace   default $POD_NAMESPACE, else kmtls-system
+  --listen      default 0.0.0.0:15012;  --admin default 0.0.0.0:15014
 `;
 
 async function readJson(file: string): Promise<unknown> {
@@ -109,6 +121,12 @@ async function readTokens(file: string | undefined): Promise<Record<string, Spif
 /** Long-running: resolves with an exit code when SIGINT/SIGTERM stops it. */
 export async function runControlPlane(argv: readonly string[], io: CommandIo): Promise<number> {
   const { values } = parseCommandArgs(argv, {
+    source: { type: 'string' },
+    kubeconfig: { type: 'string' },
+    namespace: { type: 'string' },
+    'pod-name': { type: 'string' },
+    webhook: { type: 'string' },
+    'no-interception': { type: 'boolean' },
     dir: { type: 'string' },
     'state-dir': { type: 'string' },
     listen: { type: 'string' },
@@ -124,6 +142,12 @@ export async function runControlPlane(argv: readonly string[], io: CommandIo): P
     io.stdout(CONTROLPLANE_USAGE);
     return 0;
   }
+  if (values.source !== undefined && values.source !== 'kubernetes' && values.source !== 'directory')
+    throw new KmtlsError(
+      'KMTLS_CLI_USAGE',
+      `unknown --source ${JSON.stringify(values.source)} (directory or kubernetes)`,
+    );
+  if (values.source === 'kubernetes') return runKubernetes(values);
   if (!values.dir || !values['state-dir'])
     throw new KmtlsError(
       'KMTLS_CLI_USAGE',
@@ -265,4 +289,43 @@ function metricsObserver(m: ControlPlaneMetrics) {
     configErrors: (n: number) => m.configErrors(n),
     connected: (n: number) => m.connected(n),
   };
+}
+
+async function runKubernetes(values: {
+  kubeconfig?: string | undefined;
+  namespace?: string | undefined;
+  'pod-name'?: string | undefined;
+  listen?: string | undefined;
+  admin?: string | undefined;
+  webhook?: string | undefined;
+  'no-interception'?: boolean | undefined;
+  'trust-domain'?: string | undefined;
+  'root-namespace'?: string | undefined;
+  'log-level'?: string | undefined;
+}): Promise<number> {
+  const log = pino({ level: values['log-level'] ?? 'info', base: null }).child({ component: 'controlplane' });
+  const kc = loadKubeConfig(values.kubeconfig);
+  const namespace = values.namespace ?? process.env.POD_NAMESPACE ?? 'kmtls-system';
+  const webhook = parseAddress(values.webhook ?? '0.0.0.0:15017');
+  const cp = await startKubeControlPlane({
+    kc,
+    namespace,
+    podName: values['pod-name'] ?? process.env.POD_NAME ?? hostname(),
+    trustDomain: values['trust-domain'] ?? DEFAULT_TRUST_DOMAIN,
+    rootNamespace: values['root-namespace'] ?? 'istio-system',
+    listen: parseAddress(values.listen ?? '0.0.0.0:15012'),
+    admin: parseAddress(values.admin ?? '0.0.0.0:15014'),
+    log,
+    ...(values['no-interception']
+      ? {}
+      : { interception: { inbound: '0.0.0.0:15006', outbound: '0.0.0.0:15001' } }),
+    extraServers: (ctx) => startInjectionWebhook({ ...ctx, kc, namespace, listen: webhook, log }),
+  });
+  await new Promise<void>((resolve) => {
+    process.once('SIGINT', resolve);
+    process.once('SIGTERM', resolve);
+  });
+  await cp.stop();
+  log.info('control plane stopped');
+  return 0;
 }

@@ -6,8 +6,12 @@ import { runCa } from './ca.js';
 import { runCheckCommand } from './check.js';
 import { runControlPlane } from './controlplane.js';
 import { runExplain } from './explain.js';
+import { runInject } from './inject.js';
+import { runInstall } from './install.js';
 import type { CommandIo } from './io.js';
+import { runIptables } from './iptables.js';
 import { runProxy } from './proxy.js';
+import { runProxyWait } from './proxy-wait.js';
 import { runStatus } from './status.js';
 import { runUp } from './up.js';
 import { runValidate } from './validate.js';
@@ -26,6 +30,12 @@ Commands:
   analyze -f PATH...                  cross-resource findings (exit 1 on error-level findings)
   ca init|issue|inspect|rotate        the mesh certificate authority (see kmtls ca help)
   controlplane --dir DIR --state-dir S  the control plane (CA, config streams); kmtls up runs it
+  controlplane --source kubernetes    the control plane in a cluster (see docs/kubernetes.md)
+  install [--namespace NS] [--replicas N] [--image I] [--istio-crds auto|include|skip] [--kube-version 1.X]
+                                      print the manifests that install kmtls in a cluster
+  inject -f FILE                      add the sidecar to workload manifests (manual injection)
+  iptables apply|clean|print          the pod's traffic redirection (run by the injected init step)
+  check --kube                        who can read mesh Secrets in a cluster, through RBAC
   proxy --config FILE --cert-dir DIR  the sidecar, standalone (or --control-plane ADDR ...)
   version                             print the version
 
@@ -40,7 +50,11 @@ const COMMANDS: Record<string, Command> = {
   check: runCheckCommand,
   controlplane: runControlPlane,
   explain: runExplain,
+  inject: runInject,
+  install: runInstall,
+  iptables: runIptables,
   proxy: runProxy,
+  'proxy-wait': runProxyWait,
   status: runStatus,
   up: runUp,
   validate: runValidate,

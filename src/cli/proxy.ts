@@ -8,16 +8,20 @@ import type { ProxyConfig } from '../mesh/index.js';
 import { controlPlaneIdentity, parseProxyConfig, proxyConfigSchema } from '../mesh/index.js';
 import type { ProxyIdentity } from '../proxy/index.js';
 import {
+  APP_PROBERS_ENV,
   accessLog,
   buildIdentity,
   ControlPlaneClient,
   fanOut,
   ProxyMetrics,
   parseAddress,
+  parseAppProbers,
   RecentConnections,
   Sidecar,
   startAdmin,
+  startStatusServer,
 } from '../proxy/index.js';
+import { originalDstLookup } from '../proxy/original-dst.js';
 import { parseCommandArgs } from './args.js';
 import type { CommandIo } from './io.js';
 
@@ -93,6 +97,8 @@ export async function runProxy(argv: readonly string[], io: CommandIo): Promise<
     'token-file': { type: 'string' },
     'ca-root': { type: 'string' },
     admin: { type: 'string' },
+    status: { type: 'string' },
+    transparent: { type: 'boolean' },
     'trust-domain': { type: 'string' },
     'log-level': { type: 'string' },
     help: { type: 'boolean', short: 'h' },
@@ -130,6 +136,8 @@ export async function runProxy(argv: readonly string[], io: CommandIo): Promise<
     await proxy.start();
   } catch (err) {
     await proxy.stop();
+    // A coded refusal (transparent mode without the original-dst addon) keeps its own code.
+    if (err instanceof KmtlsError) throw err;
     throw new KmtlsError('KMTLS_PROXY_LISTEN', `cannot listen: ${(err as Error).message}`, { cause: err });
   }
   const admin = config.admin ? await startAdmin(proxy, metrics, parseAddress(config.admin)) : undefined;
@@ -181,6 +189,7 @@ export async function runProxy(argv: readonly string[], io: CommandIo): Promise<
       inbound: config.inbound.length,
       outbound: config.outbound.length,
       admin: config.admin,
+      interception: config.interception,
     },
     'proxy started',
   );
@@ -205,6 +214,8 @@ async function runManagedProxy(values: {
   'token-file'?: string | undefined;
   'ca-root'?: string | undefined;
   admin?: string | undefined;
+  status?: string | undefined;
+  transparent?: boolean | undefined;
   'trust-domain'?: string | undefined;
   'log-level'?: string | undefined;
 }): Promise<number> {
@@ -276,8 +287,24 @@ async function runManagedProxy(values: {
         },
       })
     : undefined;
+  // The status port: readiness for the kubelet, and the application's own probes run from here, so
+  // the kubelet's plaintext probes keep working when the application's ports are STRICT.
+  const status = values.status
+    ? await startStatusServer({
+        listen: parseAddress(values.status),
+        probers: parseAppProbers(process.env[APP_PROBERS_ENV]),
+        ready: () => proxy.isReady(),
+      })
+    : undefined;
+  if (values.transparent) {
+    // Fails now, with a coded error, rather than on the first redirected connection.
+    originalDstLookup();
+  }
   void client.start();
-  log.info({ controlPlane: values['control-plane'], admin: values.admin }, 'proxy started');
+  log.info(
+    { controlPlane: values['control-plane'], admin: values.admin, status: values.status },
+    'proxy started',
+  );
   await new Promise<void>((resolve) => {
     process.once('SIGINT', resolve);
     process.once('SIGTERM', resolve);
@@ -286,6 +313,8 @@ async function runManagedProxy(values: {
   await proxy.stop();
   admin?.closeAllConnections();
   admin?.close();
+  status?.closeAllConnections();
+  status?.close();
   log.info('proxy stopped');
   return 0;
 }

@@ -220,6 +220,7 @@ function toService(meta: ObjectMeta, parsed: z.infer<typeof serviceSchema>): Ser
     ports,
     selector: spec.selector,
     headless: spec.clusterIP === 'None',
+    clusterIP: spec.clusterIP && spec.clusterIP !== 'None' ? spec.clusterIP : undefined,
     externalName: spec.type === 'ExternalName' ? spec.externalName : undefined,
   };
 }

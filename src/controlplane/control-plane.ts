@@ -101,6 +101,8 @@ export interface ControlPlaneOptions {
   readonly clock: Clock;
   readonly mesh?: Partial<MeshOptions>;
   readonly limits?: Partial<ProxyConfig['limits']>;
+  /** Sidecars intercept transparently (a cluster with iptables): see DeriveOptions.interception. */
+  readonly interception?: { readonly inbound: string; readonly outbound: string };
   readonly leafTtlMs?: number;
   /** Folds bursts of changes into one push. */
   readonly debounceMs?: number;
@@ -217,10 +219,17 @@ export class ControlPlane {
             ] ?? '',
           adminAddress: () => spec.admin,
         },
-        { version: String(nextVersion), limits: this.options.limits ?? {} },
+        {
+          version: String(nextVersion),
+          limits: this.options.limits ?? {},
+          ...(this.options.interception ? { interception: this.options.interception } : {}),
+        },
       );
       // Listeners the local runner gave no address are left out rather than failing the whole config.
-      const usable = { ...config, outbound: config.outbound.filter((o) => o.listen !== '') };
+      const usable = {
+        ...config,
+        outbound: config.outbound.filter((o) => o.listen !== '' || o.match?.length),
+      };
       // One string per config is much cheaper than a deep comparison of every config on every change.
       const fingerprint = JSON.stringify({ ...usable, version: '' });
       if (entry.current && entry.fingerprint === fingerprint) continue;

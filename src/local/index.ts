@@ -5,4 +5,4 @@ export { CHECK_IDENTITY_SA, httpGet, LocalMesh, readRuntime, waitUntil } from '.
 export type { LocalPlan, LocalPod, LocalService } from './plan.js';
 export { containerEnv, expandVars, LocalAllocator, placementOf, planMesh } from './plan.js';
 export type { MeshStatus, PodView, PortView } from './status.js';
-export { collectStatus, formatStatus } from './status.js';
+export { collectStatus, formatStatus, table } from './status.js';

@@ -134,6 +134,12 @@ export interface DeriveOptions {
   readonly version: string;
   readonly trustDomains?: readonly string[];
   readonly limits?: Partial<ProxyConfig['limits']>;
+  /**
+   * Transparent interception (a cluster with iptables in the pod): one inbound and one outbound
+   * listener; outbound services are recognised by their original destination (ClusterIP:port, or
+   * the pods' IP:port for a headless Service) instead of a listener of their own.
+   */
+  readonly interception?: { readonly inbound: string; readonly outbound: string };
 }
 
 /**
@@ -151,9 +157,10 @@ export function deriveProxyConfig(
   const w = pod.workload;
   const identity =
     w.identity?.uri ?? `spiffe://${snapshot.options.trustDomain}/ns/${pod.namespace}/sa/default`;
+  const transparent = options.interception;
   const inbound = inboundPorts(snapshot, w).map((p) => ({
     port: p.port,
-    listen: `${pod.podIP}:${p.port}`,
+    ...(transparent ? {} : { listen: `${pod.podIP}:${p.port}` }),
     forward: addressing.appAddress(pod, p.port),
     mode: p.mode,
     protocol: p.protocol,
@@ -166,12 +173,38 @@ export function deriveProxyConfig(
     podsOf.set(p.workload, list);
   }
   const outbound: OutboundConfig[] = [];
+  const matched = new Set<string>();
   for (const service of snapshot.services) {
     if (service.externalName !== undefined) continue;
     for (const sp of service.ports) {
       const out = outboundFor(snapshot, podsOf, pod, service, sp);
-      if (out) outbound.push({ ...out, listen: addressing.outboundAddress(pod, service, sp.port) });
+      if (!out) continue;
+      if (!transparent) {
+        outbound.push({ ...out, listen: addressing.outboundAddress(pod, service, sp.port) });
+        continue;
+      }
+      // What the application dials: the ClusterIP, or for a headless Service each pod's IP (DNS
+      // answers with those). The first Service to claim an address keeps it.
+      const candidates = service.clusterIP
+        ? [`${service.clusterIP}:${sp.port}`]
+        : out.endpoints.map((e) => e.address);
+      const match = candidates.filter((m) => !matched.has(m));
+      for (const m of match) matched.add(m);
+      if (match.length > 0) outbound.push({ ...out, match });
     }
+  }
+  let interception: ProxyConfig['interception'];
+  if (transparent) {
+    const effective = effectiveInboundMtls(snapshot.peerAuthentications, {
+      namespace: w.meta.namespace,
+      labels: w.meta.labels,
+    });
+    interception = {
+      inbound: transparent.inbound,
+      outbound: transparent.outbound,
+      defaultMode: effective.workloadMode,
+      defaultPolicy: decidingPolicy(chainOf(effective)),
+    };
   }
   const admin = addressing.adminAddress(pod);
   return {
@@ -181,7 +214,9 @@ export function deriveProxyConfig(
     inbound,
     outbound,
     ...(admin ? { admin } : {}),
-    sourceAddress: pod.podIP,
+    ...(interception ? { interception } : {}),
+    // In a pod the kernel picks the pod's address itself; locally it must be named.
+    ...(transparent ? {} : { sourceAddress: pod.podIP }),
     limits: {
       maxConnections: 10_000,
       handshakeTimeoutMs: 10_000,

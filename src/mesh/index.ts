@@ -14,10 +14,12 @@ export type {
   PortExplanation,
 } from './explain.js';
 export { explainEdge, explainPod, findWorkload, orderAssumption, resolveHost } from './explain.js';
+export type { MembershipInput } from './membership.js';
 export {
   decideMembership,
   INJECT_LABEL,
   ISTIO_INJECTION_LABEL,
+  KMTLS_INJECT_LABEL,
   KMTLS_INJECTION_LABEL,
   SIDECAR_CONTAINER,
   TLS_MODE_LABEL,
@@ -26,6 +28,7 @@ export type { PlacedPodSpec, Placement } from './placement.js';
 export { CP_PATHS, controlPlaneIdentity, placementSchema } from './placement.js';
 export type {
   InboundPortConfig,
+  InterceptionConfig,
   OutboundConfig,
   OutboundEndpointConfig,
   ProxyConfig,
@@ -34,6 +37,7 @@ export type {
 export {
   CLIENT_ALPN_HTTP,
   CLIENT_ALPN_TCP,
+  interceptionSchema,
   MESH_ALPNS,
   parseProxyConfig,
   proxyConfigSchema,

@@ -15,14 +15,42 @@ const address = z
   );
 
 const mode = z.enum(['STRICT', 'PERMISSIVE', 'DISABLE']);
+
+const originalDestination = z
+  .string()
+  .regex(
+    /^(\d{1,3}(\.\d{1,3}){3}|\[[0-9a-fA-F:]+\]):\d{1,5}$/,
+    'an original destination is IP:PORT, e.g. 10.96.0.10:80',
+  );
+
+/**
+ * Transparent interception (in a cluster, with `kmtls iptables apply` in the pod): one inbound and
+ * one outbound listener take every redirected connection and dispatch it by its original destination.
+ */
+export const interceptionSchema = z.strictObject({
+  /** Where redirected inbound connections arrive (Istio's 15006), e.g. 0.0.0.0:15006. */
+  inbound: address,
+  /** Where redirected outbound connections arrive (Istio's 15001), e.g. 0.0.0.0:15001. */
+  outbound: address,
+  /**
+   * Inbound ports no `inbound` entry declares: the workload-level mode (what the policy core gives a
+   * port no portLevelMtls names), forwarded to 127.0.0.1:PORT. PERMISSIVE when absent, Istio's default.
+   */
+  defaultMode: mode.default('PERMISSIVE'),
+  /** The policy that decided `defaultMode`, for logs and metrics. */
+  defaultPolicy: z.string().default('default'),
+});
 const protocol = z.enum(['tcp', 'http']).default('tcp');
 const spiffe = z.string().startsWith('spiffe://');
 
 export const inboundPortSchema = z.strictObject({
   /** The workload (container) port this listener stands for. */
   port: z.number().int().min(1).max(65535),
-  /** Where the sidecar listens (podIP:port locally). */
-  listen: address,
+  /**
+   * Where the sidecar listens (podIP:port locally). Needed without `interception`; with it, the one
+   * inbound listener takes the port's connections and this is not used.
+   */
+  listen: address.optional(),
   /** Where the application listens (127.0.0.1:PORT). */
   forward: address,
   mode,
@@ -42,7 +70,13 @@ export const outboundEndpointSchema = z.strictObject({
 export const outboundSchema = z.strictObject({
   /** `host:port` of the service, for logs and metrics. */
   name: z.string(),
-  listen: address,
+  /** What the application connects to (local mesh). Optional when `match` is given. */
+  listen: address.optional(),
+  /**
+   * Transparent mode: the original destinations (`IP:PORT`, what the application dialled before
+   * iptables redirected it) that are this service: its ClusterIP:port, or pod IPs for a headless one.
+   */
+  match: z.array(originalDestination).optional(),
   protocol,
   endpoints: z.array(outboundEndpointSchema).min(1),
   /** Secure naming: the identities a server of this service may present. */
@@ -66,6 +100,7 @@ export const proxyConfigSchema = z.strictObject({
   inbound: z.array(inboundPortSchema).default([]),
   outbound: z.array(outboundSchema).default([]),
   admin: address.optional(),
+  interception: interceptionSchema.optional(),
   /** The address upstream connections leave from (the pod's IP), so peers can tell who called. */
   sourceAddress: z
     .string()
@@ -93,6 +128,7 @@ export type ProxyConfig = z.infer<typeof proxyConfigSchema>;
 export type InboundPortConfig = z.infer<typeof inboundPortSchema>;
 export type OutboundConfig = z.infer<typeof outboundSchema>;
 export type OutboundEndpointConfig = z.infer<typeof outboundEndpointSchema>;
+export type InterceptionConfig = z.infer<typeof interceptionSchema>;
 
 /** The mesh ALPN values (Istio's): a ClientHello offering one of these is mesh mTLS. */
 export const MESH_ALPNS = [
@@ -124,8 +160,32 @@ export function parseProxyConfig(value: unknown): ProxyConfigResult {
     if (prior) problems.push(`${what}: listen address ${addr} is already used by ${prior}`);
     listens.set(addr, what);
   };
-  for (const [i, p] of r.data.inbound.entries()) claim(p.listen, `inbound[${i}]`);
-  for (const [i, o] of r.data.outbound.entries()) claim(o.listen, `outbound[${i}]`);
+  const transparent = r.data.interception !== undefined;
+  const ports = new Map<number, number>();
+  for (const [i, p] of r.data.inbound.entries()) {
+    if (p.listen !== undefined) claim(p.listen, `inbound[${i}]`);
+    else if (!transparent) problems.push(`inbound[${i}].listen: required without interception`);
+    // Transparent mode dispatches by port: one entry per port.
+    const prior = ports.get(p.port);
+    if (transparent && prior !== undefined)
+      problems.push(`inbound[${i}].port: port ${p.port} is already declared by inbound[${prior}]`);
+    ports.set(p.port, i);
+  }
+  const matched = new Map<string, number>();
+  for (const [i, o] of r.data.outbound.entries()) {
+    if (o.listen !== undefined) claim(o.listen, `outbound[${i}]`);
+    else if (!o.match?.length) problems.push(`outbound[${i}]: needs listen, match, or both`);
+    for (const m of o.match ?? []) {
+      const prior = matched.get(m);
+      if (prior !== undefined && prior !== i)
+        problems.push(`outbound[${i}].match: ${m} already matches outbound[${prior}]`);
+      matched.set(m, i);
+    }
+  }
   if (r.data.admin) claim(r.data.admin, 'admin');
+  if (r.data.interception) {
+    claim(r.data.interception.inbound, 'interception.inbound');
+    claim(r.data.interception.outbound, 'interception.outbound');
+  }
   return problems.length > 0 ? { ok: false, problems } : { ok: true, config: r.data };
 }

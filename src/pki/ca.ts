@@ -244,10 +244,23 @@ export class CertificateAuthority {
   }
 
   /** Issues for a public key the operator holds (`kmtls ca issue`); same checks as `sign` but the CSR's. */
-  signPublicKey(spki: Buffer, caller: AuthenticatedCaller, opts: { ttlMs?: number } = {}): IssuedCertificate {
+  signPublicKey(
+    spki: Buffer,
+    caller: AuthenticatedCaller,
+    opts: { ttlMs?: number; dnsNames?: readonly string[]; ipAddresses?: readonly string[] } = {},
+  ): IssuedCertificate {
     const ttlMs = this.checkTtl(opts.ttlMs);
     this.checkIdentities(caller);
-    return this.issue(spki, caller.identities, ttlMs);
+    const hosts = { dnsNames: opts.dnsNames ?? [], ipAddresses: opts.ipAddresses ?? [] };
+    if ((hosts.dnsNames.length > 0 || hosts.ipAddresses.length > 0) && caller.method !== 'operator') {
+      // Workloads get their SPIFFE ID only; host names are for the control plane's own servers.
+      throw new KmtlsError('KMTLS_PKI_BAD_IDENTITY', 'DNS and IP names are issued only to the operator');
+    }
+    for (const ip of hosts.ipAddresses) {
+      if (!/^(\d{1,3})(\.\d{1,3}){3}$/.test(ip) || ip.split('.').some((o) => Number(o) > 255))
+        throw new KmtlsError('KMTLS_PKI_BAD_IDENTITY', `not an IPv4 address: ${JSON.stringify(ip)}`);
+    }
+    return this.issue(spki, caller.identities, ttlMs, hosts);
   }
 
   private checkTtl(requested: number | undefined): number {
@@ -303,8 +316,16 @@ export class CertificateAuthority {
     return this.complete(p, assembleCertificate(p.tbs, alg, signature));
   }
 
-  private issue(spki: Buffer, identities: readonly SpiffeId[], ttlMs: number): IssuedCertificate {
-    const p = this.prepare(spki, identities, ttlMs);
+  private issue(
+    spki: Buffer,
+    identities: readonly SpiffeId[],
+    ttlMs: number,
+    hosts: { dnsNames: readonly string[]; ipAddresses: readonly string[] } = {
+      dnsNames: [],
+      ipAddresses: [],
+    },
+  ): IssuedCertificate {
+    const p = this.prepare(spki, identities, ttlMs, hosts);
     const alg = this.material.signer.algorithm;
     return this.complete(
       p,
@@ -317,7 +338,15 @@ export class CertificateAuthority {
   }
 
   /** Checks the signer and builds the leaf's TBS: everything but the signature. */
-  private prepare(spki: Buffer, identities: readonly SpiffeId[], ttlMs: number): PreparedLeaf {
+  private prepare(
+    spki: Buffer,
+    identities: readonly SpiffeId[],
+    ttlMs: number,
+    hosts: { dnsNames: readonly string[]; ipAddresses: readonly string[] } = {
+      dnsNames: [],
+      ipAddresses: [],
+    },
+  ): PreparedLeaf {
     const now = this.clock.now();
     const s = this.material.signer.certificate;
     if (now > s.notAfter.getTime()) {
@@ -348,6 +377,8 @@ export class CertificateAuthority {
         subjectPublicKeyInfo: spki,
         isCa: false,
         uris: identities.map((i) => i.uri),
+        dnsNames: hosts.dnsNames,
+        ipAddresses: hosts.ipAddresses,
         subjectKeyId: keyIdentifier(spki),
         authorityKeyId: s.subjectKeyId,
       },

@@ -116,6 +116,9 @@ export interface CertificateTemplate {
   readonly pathLength?: number;
   /** URI SANs (SPIFFE IDs); when present the SAN extension is critical, as Istio marks it. */
   readonly uris: readonly string[];
+  /** DNS and IPv4 SANs, for the control plane's own serving certificates (webhook, API). */
+  readonly dnsNames?: readonly string[];
+  readonly ipAddresses?: readonly string[];
   readonly subjectKeyId: Buffer;
   /** The issuer's subject key identifier; omitted for a self-signed root. */
   readonly authorityKeyId: Buffer | undefined;
@@ -162,9 +165,16 @@ export function buildExtensions(t: CertificateTemplate): Buffer {
   }
   exts.push(extension(OID.subjectKeyIdentifier, false, octetString(t.subjectKeyId)));
   if (t.authorityKeyId) exts.push(authorityKeyIdExtension(t.authorityKeyId));
-  if (t.uris.length > 0) {
-    // GeneralName uniformResourceIdentifier is [6] IMPLICIT IA5String.
-    const names = t.uris.map((u) => implicitPrimitive(6, asciiBytes(u)));
+  const dns = t.dnsNames ?? [];
+  const ips = t.ipAddresses ?? [];
+  if (t.uris.length + dns.length + ips.length > 0) {
+    // GeneralName: dNSName [2] IA5String, uniformResourceIdentifier [6] IA5String, iPAddress [7] OCTET STRING.
+    const names = [
+      ...t.uris.map((u) => implicitPrimitive(6, asciiBytes(u))),
+      ...dns.map((d) => implicitPrimitive(2, asciiBytes(d))),
+      ...ips.map((ip) => implicitPrimitive(7, Buffer.from(ip.split('.').map(Number)))),
+    ];
+    // Critical: the subject is empty (RFC 5280 4.2.1.6).
     exts.push(extension(OID.subjectAltName, true, sequence(...names)));
   }
   return explicit(3, sequence(...exts));

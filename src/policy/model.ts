@@ -151,6 +151,8 @@ export interface Service {
   /** Undefined for a Service without selector (endpoints managed elsewhere). */
   readonly selector: Readonly<Record<string, string>> | undefined;
   readonly headless: boolean;
+  /** The virtual IP (`spec.clusterIP`) when the manifest or the API server gave one; never `None`. */
+  readonly clusterIP?: string | undefined;
   /** `type: ExternalName` services point outside the cluster. */
   readonly externalName: string | undefined;
 }

@@ -18,6 +18,7 @@ export const REFUSAL_REASONS = [
   'MAX_CONNECTIONS',
   'POLICY_CHANGED',
   'UNEXPECTED_TLS',
+  'NO_ORIGINAL_DST',
 ] as const;
 export type RefusalReason = (typeof REFUSAL_REASONS)[number];
 

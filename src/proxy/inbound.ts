@@ -74,8 +74,11 @@ export class InboundListener {
     return this.port;
   }
 
+  /** Listens on the port's own address (local mesh); in transparent mode the Sidecar calls `handle`. */
   async listen(): Promise<void> {
-    this.server = await listenOn(this.port.listen, (s) => this.accept(s));
+    const address = this.port.listen;
+    if (address === undefined) throw new Error(`BUG: inbound port ${this.port.port} has no listen address`);
+    this.server = await listenOn(address, (s) => this.handle(s));
   }
 
   /** The port's new mode applies to new connections at once; live ones the new mode refuses are drained. */
@@ -91,7 +94,7 @@ export class InboundListener {
         () =>
           c.close(
             'POLICY_CHANGED',
-            `port ${port.port} became ${port.mode} (policy ${port.policy}): ${t} no longer accepted`,
+            `port ${c.record.port} became ${port.mode} (policy ${port.policy}): ${t} no longer accepted`,
           ),
         drainMs,
       );
@@ -105,9 +108,15 @@ export class InboundListener {
     await new Promise<void>((resolve) => (this.server ? this.server.close(() => resolve()) : resolve()));
   }
 
-  private accept(socket: net.Socket): void {
+  /**
+   * Takes one connection for this port. `fixed` pins the port's config for the whole connection (the
+   * transparent passthrough: one handler for every undeclared port, each connection with its own port
+   * and forward address); without it the port's current config decides, as on its own listener.
+   */
+  handle(socket: net.Socket, fixed?: InboundPortConfig): void {
     const rt = this.runtime;
-    const port = this.port;
+    const port = fixed ?? this.port;
+    const portOf = fixed ? () => fixed : () => this.port;
     const limits = rt.config().limits;
     const record: ConnectionRecord = {
       id: rt.nextId(),
@@ -155,7 +164,7 @@ export class InboundListener {
     // as Envoy's plain TCP chain does (server-first protocols wait for nothing).
     if (port.mode === 'DISABLE' && port.protocol === 'tcp') {
       record.transport = 'raw';
-      this.forward(socket, record, finish, undefined, undefined);
+      this.forward(portOf(), socket, record, finish, undefined, undefined);
       return;
     }
 
@@ -187,7 +196,7 @@ export class InboundListener {
       if (buf.length > 0 && !clientEnded) socket.unshift(buf);
       if (detection.kind === 'need-more') detection = { kind: 'plaintext' };
       const silent = buf.length === 0 && (timedOut || clientEnded);
-      this.route(socket, record, detection, silent, finish, clientEnded ? buf : undefined);
+      this.route(portOf(), socket, record, detection, silent, finish, clientEnded ? buf : undefined);
     };
     socket.on('data', onData);
     socket.on('end', () => decide(true, true));
@@ -195,6 +204,7 @@ export class InboundListener {
   }
 
   private route(
+    port: InboundPortConfig,
     socket: net.Socket,
     record: ConnectionRecord,
     detection: ReturnType<typeof detectTransport>,
@@ -203,7 +213,6 @@ export class InboundListener {
     /** What a client sent before it ended, when it ended before detection was done. */
     endedWith: Buffer | undefined,
   ): void {
-    const port = this.port;
     const isTls = detection.kind === 'tls';
     const meshAlpn = isTls && detection.alpn.some((a) => (MESH_ALPNS as readonly string[]).includes(a));
     if (isTls) record.alpn = detection.alpn.join(',');
@@ -218,12 +227,12 @@ export class InboundListener {
             `plaintext on STRICT port ${port.port} (policy ${port.policy})`,
           );
         } else {
-          this.terminate(socket, record, finish);
+          this.terminate(port, socket, record, finish);
         }
         return;
       case 'PERMISSIVE':
         if (meshAlpn) {
-          this.terminate(socket, record, finish);
+          this.terminate(port, socket, record, finish);
           return;
         }
         if (isTls && port.protocol === 'http') {
@@ -236,7 +245,7 @@ export class InboundListener {
           return;
         }
         record.transport = isTls ? 'app-tls' : 'plaintext';
-        this.forward(socket, record, finish, undefined, endedWith);
+        this.forward(port, socket, record, finish, undefined, endedWith);
         return;
       case 'DISABLE':
         if (isTls) {
@@ -249,7 +258,7 @@ export class InboundListener {
           return;
         }
         record.transport = 'plaintext';
-        this.forward(socket, record, finish, undefined, endedWith);
+        this.forward(port, socket, record, finish, undefined, endedWith);
         return;
       default: {
         const never: never = port.mode;
@@ -260,6 +269,7 @@ export class InboundListener {
 
   /** Terminates mesh mTLS and verifies the client's chain and SPIFFE identity with kmtls's own rules. */
   private terminate(
+    port: InboundPortConfig,
     socket: net.Socket,
     record: ConnectionRecord,
     finish: (outcome: 'accepted' | 'refused', reason?: RefusalReason, message?: string) => void,
@@ -326,12 +336,13 @@ export class InboundListener {
       const principal = verdict.identities[0]?.uri;
       if (principal) record.sourcePrincipal = principal;
       record.destinationPrincipal = identity.identity;
-      this.forward(secure, record, finish, { identity, peerCertificate: chain[0]! });
+      this.forward(port, secure, record, finish, { identity, peerCertificate: chain[0]! });
     });
   }
 
   /** Hands an accepted stream to the application: bytes as they are, or through the HTTP layer. */
   private forward(
+    port: InboundPortConfig,
     stream: net.Socket,
     record: ConnectionRecord,
     finish: (outcome: 'accepted' | 'refused', reason?: RefusalReason, message?: string) => void,
@@ -340,11 +351,10 @@ export class InboundListener {
   ): void {
     record.outcome = 'accepted';
     this.runtime.observer.connectionOpened(record);
-    const port = this.port;
     // HTTP ports: every request goes through the HTTP layer, so a client's own XFCC header is always
     // removed; TLS we cannot read (the application's own) is forwarded untouched.
     if (port.protocol === 'http' && record.transport !== 'app-tls' && record.transport !== 'tls') {
-      (stream as net.Socket & { kmtls?: unknown }).kmtls = { record, mtls };
+      (stream as net.Socket & { kmtls?: unknown }).kmtls = { record, mtls, forward: port.forward };
       stream.on('close', () => finish('accepted'));
       // A client that ended before sending a request (at most a fragment of a ClientHello, which
       // is no HTTP) will send none: end our side too, or the half-open socket would stay forever.
@@ -380,9 +390,14 @@ export class InboundListener {
     const started = this.runtime.clock.now();
     const ctx = (
       req.socket as net.Socket & {
-        kmtls?: { record: ConnectionRecord; mtls?: { identity: ProxyIdentity; peerCertificate: Buffer } };
+        kmtls?: {
+          record: ConnectionRecord;
+          mtls?: { identity: ProxyIdentity; peerCertificate: Buffer };
+          forward: string;
+        };
       }
     ).kmtls;
+    const forward = ctx?.forward ?? this.port.forward;
     const headers = { ...req.headers };
     delete headers[XFCC];
     if (ctx?.mtls && ctx.record.sourcePrincipal) {
@@ -390,7 +405,7 @@ export class InboundListener {
       headers[XFCC] =
         `By=${ctx.mtls.identity.identity};Hash=${hash};Subject="";URI=${ctx.record.sourcePrincipal}`;
     }
-    const { host, port } = parseAddress(this.port.forward);
+    const { host, port } = parseAddress(forward);
     const upstream = http.request(
       { host, port, method: req.method, path: req.url, headers, agent: this.agent },
       (upRes) => {
@@ -404,7 +419,7 @@ export class InboundListener {
     upstream.on('error', (err) => {
       if (!res.headersSent) {
         res.writeHead(503, { 'content-type': 'text/plain', 'x-kmtls-reason': 'UPSTREAM_UNREACHABLE' });
-        res.end(`kmtls: the application at ${this.port.forward} is unreachable: ${err.message}\n`);
+        res.end(`kmtls: the application at ${forward} is unreachable: ${err.message}\n`);
       } else {
         res.destroy();
       }

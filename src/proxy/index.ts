@@ -18,3 +18,12 @@ export { Sidecar } from './proxy.js';
 export type { PortTally } from './recent.js';
 export { RecentConnections } from './recent.js';
 export { parseAddress } from './runtime.js';
+export type { AppProber, AppProbers, StatusServerOptions } from './status-port.js';
+export {
+  APP_HEALTH_PREFIX,
+  APP_PROBERS_ENV,
+  parseAppProbers,
+  READY_PATH,
+  runAppProbe,
+  startStatusServer,
+} from './status-port.js';

@@ -76,8 +76,11 @@ export class OutboundListener {
     return from ? { localAddress: from } : {};
   }
 
+  /** Listens on the destination's own address (local mesh); in transparent mode the Sidecar calls `handle`. */
   async listen(): Promise<void> {
-    this.server = await listenOn(this.dest.listen, (s) => this.accept(s));
+    const address = this.dest.listen;
+    if (address === undefined) throw new Error(`BUG: outbound ${this.dest.name} has no listen address`);
+    this.server = await listenOn(address, (s) => this.handle(s));
   }
 
   update(dest: OutboundConfig): void {
@@ -90,7 +93,8 @@ export class OutboundListener {
     await new Promise<void>((resolve) => (this.server ? this.server.close(() => resolve()) : resolve()));
   }
 
-  private accept(client: net.Socket): void {
+  /** Takes one connection from the application for this destination. */
+  handle(client: net.Socket): void {
     const rt = this.runtime;
     const dest = this.dest;
     const record: ConnectionRecord = {
