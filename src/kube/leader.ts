@@ -2,6 +2,14 @@ import type { KubeConfig, V1Lease } from '@kubernetes/client-node';
 import { CoordinationV1Api } from '@kubernetes/client-node';
 import { statusOf } from './client.js';
 
+/**
+ * A Lease's times are MicroTime: RFC 3339 with exactly six fractional digits. The client library
+ * writes a Date with three, which the API server refuses; it passes a string through unchanged.
+ */
+function microTime(d: Date): Date {
+  return d.toISOString().replace(/\.(\d{3})Z$/, '.$1000Z') as unknown as Date;
+}
+
 export interface LeaderElectionOptions {
   readonly namespace: string;
   readonly name: string;
@@ -61,7 +69,7 @@ export class LeaderElector {
 
   private async tryAcquireOrRenew(): Promise<void> {
     const { namespace, name, identity } = this.o;
-    const now = new Date();
+    const now = microTime(new Date());
     let lease: V1Lease | undefined;
     try {
       lease = await this.api.readNamespacedLease({ name, namespace });
@@ -87,7 +95,7 @@ export class LeaderElector {
       return;
     }
     const holder = lease.spec?.holderIdentity;
-    const renewed = lease.spec?.renewTime ? new Date(lease.spec.renewTime as unknown as string).getTime() : 0;
+    const renewed = lease.spec?.renewTime ? new Date(String(lease.spec.renewTime)).getTime() : 0;
     const expired = Date.now() - renewed > (lease.spec?.leaseDurationSeconds ?? 15) * 1000;
     if (holder !== identity && !expired) {
       if (this.leading) this.setLeading(false);
@@ -136,7 +144,10 @@ export class LeaderElector {
         await this.api.replaceNamespacedLease({
           name: this.o.name,
           namespace: this.o.namespace,
-          body: { ...lease, spec: { ...lease.spec, renewTime: new Date(0), leaseDurationSeconds: 1 } },
+          body: {
+            ...lease,
+            spec: { ...lease.spec, renewTime: microTime(new Date(0)), leaseDurationSeconds: 1 },
+          },
         });
       }
     } catch {

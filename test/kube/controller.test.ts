@@ -172,7 +172,9 @@ test('sidecars authenticate with a projected ServiceAccount token; configs follo
     const cert = await requestCertificate(link, async () => token, Date.now());
     assert.equal(cert.identity.identity, 'spiffe://cluster.local/ns/pay/sa/payments');
     // A token for another audience, or garbage, is refused.
-    const wrongAudience = (await kubectl(['create', 'token', '-n', 'pay', 'payments'])).trim();
+    const wrongAudience = (
+      await kubectl(['create', 'token', '-n', 'pay', 'payments', '--audience', 'someone-else'])
+    ).trim();
     await assert.rejects(
       requestCertificate(link, async () => wrongAudience, Date.now()),
       /403/,
