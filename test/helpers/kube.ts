@@ -5,8 +5,8 @@
  */
 import type { ChildProcess } from 'node:child_process';
 import { execFile, spawn, spawnSync } from 'node:child_process';
-import { existsSync } from 'node:fs';
-import { mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { existsSync, openSync } from 'node:fs';
+import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
@@ -72,17 +72,27 @@ export interface TestCluster {
   stop(): Promise<void>;
 }
 
-/** Starts etcd and kube-apiserver on free loopback ports with a fresh data directory. */
-export async function startCluster(): Promise<TestCluster> {
+/**
+ * Starts etcd and kube-apiserver on free loopback ports with a fresh data directory; with `netns`,
+ * inside that network namespace (its own loopback), and `kubectl` runs there too.
+ */
+export async function startCluster(options: { netns?: string } = {}): Promise<TestCluster> {
+  const inNs = (cmd: string, args: string[]): [string, string[]] =>
+    options.netns ? ['ip', ['netns', 'exec', options.netns, cmd, ...args]] : [cmd, args];
   const dir = await mkdtemp(path.join(os.tmpdir(), 'kmtls-kube-'));
-  const [etcdClient, etcdPeer, apiPort] = [await freePort(), await freePort(), await freePort()];
+  // Free in the host's loopback; a fresh namespace's loopback has every port free.
+  const [etcdClient, etcdPeer, apiPort, metricsPort] = [
+    await freePort(),
+    await freePort(),
+    await freePort(),
+    await freePort(),
+  ];
   await run('openssl', ['genrsa', '-out', path.join(dir, 'sa.key'), '2048']);
   await run('openssl', ['rsa', '-in', path.join(dir, 'sa.key'), '-pubout', '-out', path.join(dir, 'sa.pub')]);
   await writeFile(path.join(dir, 'tokens.csv'), `${ADMIN_TOKEN},admin,admin-uid,"system:masters"\n`);
   const procs: ChildProcess[] = [];
   const etcd = spawn(
-    'etcd',
-    [
+    ...inNs('etcd', [
       '--name',
       'local',
       '--data-dir',
@@ -98,9 +108,11 @@ export async function startCluster(): Promise<TestCluster> {
       '--initial-cluster',
       `local=http://127.0.0.1:${etcdPeer}`,
       '--listen-metrics-urls',
-      `http://127.0.0.1:${await freePort()}`,
-    ],
-    { stdio: 'ignore' },
+      `http://127.0.0.1:${metricsPort}`,
+    ]),
+    {
+      stdio: ['ignore', openSync(path.join(dir, 'etcd.log'), 'a'), openSync(path.join(dir, 'etcd.log'), 'a')],
+    },
   );
   procs.push(etcd);
   const apiArgs = [
@@ -121,7 +133,11 @@ export async function startCluster(): Promise<TestCluster> {
     '--enable-admission-plugins=NamespaceLifecycle,MutatingAdmissionWebhook,ValidatingAdmissionWebhook',
     '--disable-admission-plugins=ServiceAccount',
   ];
-  let api = spawn(KUBE_APISERVER, apiArgs, { stdio: 'ignore' });
+  const apiLog = () => {
+    const fd = openSync(path.join(dir, 'apiserver.log'), 'a');
+    return { stdio: ['ignore', fd, fd] as ['ignore', number, number] };
+  };
+  let api = spawn(...inNs(KUBE_APISERVER, apiArgs), apiLog());
   const server = `https://127.0.0.1:${apiPort}`;
   const kubeconfig = path.join(dir, 'kubeconfig');
   await writeFile(
@@ -137,9 +153,20 @@ export async function startCluster(): Promise<TestCluster> {
     ].join('\n'),
   );
   const kubectl = (args: string[], input?: string) =>
-    run('kubectl', ['--kubeconfig', kubeconfig, ...args], {}, input);
-  const ready = async () => (await kubectl(['get', '--raw', '/readyz'])).stdout.trim() === 'ok';
-  await waitFor('the API server', ready, 90_000);
+    run(...inNs('kubectl', ['--kubeconfig', kubeconfig, ...args]), {}, input);
+  let lastProbe = '';
+  const ready = async () => {
+    const r = await kubectl(['get', '--raw', '/readyz']);
+    lastProbe = `${r.code}: ${r.stdout.trim()} ${r.stderr.trim()}`.slice(0, 300);
+    return r.stdout.trim() === 'ok';
+  };
+  await waitFor('the API server', ready, 90_000).catch(async (err: Error) => {
+    const tail = (await readFile(path.join(dir, 'apiserver.log'), 'utf8').catch(() => ''))
+      .split('\n')
+      .slice(-15)
+      .join('\n');
+    throw new Error(`${err.message} (last probe: ${lastProbe}); apiserver.log ends:\n${tail}`);
+  });
   return {
     dir,
     kubeconfig,
@@ -149,7 +176,7 @@ export async function startCluster(): Promise<TestCluster> {
       const exited = new Promise((r) => api.once('exit', r));
       api.kill('SIGTERM');
       await exited;
-      api = spawn(KUBE_APISERVER, apiArgs, { stdio: 'ignore' });
+      api = spawn(...inNs(KUBE_APISERVER, apiArgs), apiLog());
       await waitFor('the API server to come back', ready, 90_000);
     },
     async stop() {

@@ -121,7 +121,7 @@ switch (cmd.op) {
     await serve();
     break;
   case 'http':
-    client(`GET / HTTP/1.1\r\nhost: ${cmd.host}\r\nconnection: close\r\n\r\n`, (text) => {
+    client(`GET ${cmd.path ?? '/'} HTTP/1.1\r\nhost: ${cmd.host}\r\nconnection: close\r\n\r\n`, (text) => {
       const status = Number(text.split(' ')[1]);
       const body = text.slice(text.indexOf('\r\n\r\n') + 4);
       try {
