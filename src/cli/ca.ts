@@ -4,7 +4,8 @@ import path from 'node:path';
 import { KmtlsError } from '../errors.js';
 import type { SpiffeId } from '../identity/index.js';
 import { DEFAULT_TRUST_DOMAIN, meshIdentity, parseSpiffeId } from '../identity/index.js';
-import type { CertificateReport, RotationStatus, StoredCa } from '../pki/index.js';
+import { KubeSecretStore, loadKubeConfig } from '../kube/index.js';
+import type { CertificateReport, RotationStatus, SecretStore, StoredCa } from '../pki/index.js';
 import {
   abortRotation,
   beginRotation,
@@ -40,11 +41,13 @@ export const CA_USAGE = `Usage:
   kmtls ca rotate status|begin|switch|retire|abort [--force] [--state-dir D]
 
 Every subcommand takes -o text|json. The CA lives in the Secret ${CA_SECRET_NAME} of namespace
-${DEFAULT_CONTROL_PLANE_NAMESPACE}, kept as a file under the state directory (default .kmtls).
+${DEFAULT_CONTROL_PLANE_NAMESPACE}, kept as a file under the state directory (default .kmtls), or, with
+--kubeconfig FILE instead of --state-dir, in the cluster itself (where kmtls controlplane reads it).
 `;
 
 const COMMON = {
   'state-dir': { type: 'string' },
+  kubeconfig: { type: 'string' },
   'control-plane-namespace': { type: 'string' },
   output: { type: 'string', short: 'o' },
   help: { type: 'boolean', short: 'h' },
@@ -59,11 +62,25 @@ function outputOf(value: string | undefined): Output {
   return o;
 }
 
-function storeOf(stateDir: string | undefined): FileSecretStore {
+/** Where the CA Secret lives: files under a state directory, or a cluster (`--kubeconfig`). */
+type CaStore = SecretStore & { readonly stateDir: string; pathOf(namespace: string, name: string): string };
+
+function storeOf(stateDir: string | undefined, kubeconfig?: string): CaStore {
+  if (kubeconfig !== undefined) {
+    if (stateDir !== undefined)
+      throw new KmtlsError('KMTLS_CLI_USAGE', 'give --state-dir or --kubeconfig, not both');
+    const kc = loadKubeConfig(kubeconfig);
+    const store = new KubeSecretStore(kc);
+    const where = `the cluster at ${kc.getCurrentCluster()?.server ?? '?'}`;
+    return Object.assign(store, {
+      stateDir: where,
+      pathOf: (namespace: string, name: string) => `Secret ${namespace}/${name} in ${where}`,
+    });
+  }
   return new FileSecretStore(stateDir ?? '.kmtls');
 }
 
-async function requireCa(store: FileSecretStore, namespace: string): Promise<StoredCa> {
+async function requireCa(store: CaStore, namespace: string): Promise<StoredCa> {
   const ca = await loadCa(store, namespace);
   if (!ca) {
     throw new KmtlsError(
@@ -74,7 +91,7 @@ async function requireCa(store: FileSecretStore, namespace: string): Promise<Sto
   return ca;
 }
 
-function describeCa(ca: StoredCa, store: FileSecretStore, namespace: string, nowMs: number) {
+function describeCa(ca: StoredCa, store: CaStore, namespace: string, nowMs: number) {
   const material = materialOf(ca);
   return {
     trustDomain: material.trustDomain,
@@ -145,7 +162,7 @@ async function runInit(argv: readonly string[], io: CommandIo): Promise<number> 
     'from-cacerts': { type: 'string' },
   });
   const output = outputOf(values.output);
-  const store = storeOf(values['state-dir']);
+  const store = storeOf(values['state-dir'], values.kubeconfig);
   const namespace = values['control-plane-namespace'] ?? DEFAULT_CONTROL_PLANE_NAMESPACE;
   const trustDomain = values['trust-domain'] ?? DEFAULT_TRUST_DOMAIN;
   const now = Date.now();
@@ -248,7 +265,7 @@ async function runIssue(argv: readonly string[], io: CommandIo): Promise<number>
         `not a duration: --ttl ${JSON.stringify(values.ttl)} (e.g. 24h, 30d, 1h30m)`,
       );
   }
-  const store = storeOf(values['state-dir']);
+  const store = storeOf(values['state-dir'], values.kubeconfig);
   const namespace = values['control-plane-namespace'] ?? DEFAULT_CONTROL_PLANE_NAMESPACE;
   const stored = await requireCa(store, namespace);
   const material = materialOf(stored);
@@ -333,7 +350,7 @@ async function runInspect(argv: readonly string[], io: CommandIo): Promise<numbe
     );
     return reports.some((r) => r.warnings.length > 0) ? 1 : 0;
   }
-  const store = storeOf(values['state-dir']);
+  const store = storeOf(values['state-dir'], values.kubeconfig);
   const namespace = values['control-plane-namespace'] ?? DEFAULT_CONTROL_PLANE_NAMESPACE;
   const d = describeCa(await requireCa(store, namespace), store, namespace, now);
   if (output === 'json') io.stdout(toJson(d));
@@ -355,7 +372,7 @@ async function runRotate(argv: readonly string[], io: CommandIo): Promise<number
   const { values, positionals } = parseCommandArgs(argv, { ...COMMON, force: { type: 'boolean' } });
   const output = outputOf(values.output);
   const step = positionals[0] ?? 'status';
-  const store = storeOf(values['state-dir']);
+  const store = storeOf(values['state-dir'], values.kubeconfig);
   const namespace = values['control-plane-namespace'] ?? DEFAULT_CONTROL_PLANE_NAMESPACE;
   const stored = await requireCa(store, namespace);
   if (stored.mode !== 'self-signed') {

@@ -22,6 +22,7 @@ import {
   BootstrapTokenAuthenticator,
   CertificateAuthority,
   ClientCertificateAuthenticator,
+  caToSecret,
   createRoot,
   FileSecretStore,
   initialCaState,
@@ -251,6 +252,33 @@ export async function runControlPlane(argv: readonly string[], io: CommandIo): P
     },
   });
   const api = await startControlPlaneServer({ controlPlane: cp, ca, clock, listen, serving });
+  // A rotation step (`kmtls ca rotate ... --state-dir`) changes the CA Secret: sign with the new
+  // state, hand sidecars the new trust bundle, and keep root-cert.pem in step.
+  let caText = JSON.stringify(caToSecret(stored, 'kmtls-system').data);
+  const watchCa = setInterval(() => {
+    void loadCa(store)
+      .then(async (now) => {
+        if (!now) return;
+        const text = JSON.stringify(caToSecret(now, 'kmtls-system').data);
+        if (text === caText) return;
+        caText = text;
+        const next = new CertificateAuthority(materialOf(now), { clock, random: randomBytes });
+        cp.setCa(next);
+        await writeFileAtomic(
+          path.join(stateDir, 'root-cert.pem'),
+          Buffer.from(next.trustBundlePem()),
+          0o644,
+        );
+        log.info(
+          { roots: next.material.trustBundle.length },
+          'the CA changed; reloaded and pushed to sidecars',
+        );
+      })
+      .catch((err: unknown) =>
+        log.error({ err: (err as Error).message }, 'cannot read the CA Secret; keeping the current CA'),
+      );
+  }, 2_000);
+  watchCa.unref();
   const renewServing = setInterval(() => {
     serving = issueServing();
     api.setServing(serving);
@@ -270,6 +298,7 @@ export async function runControlPlane(argv: readonly string[], io: CommandIo): P
     process.once('SIGTERM', resolve);
   });
   clearInterval(renewServing);
+  clearInterval(watchCa);
   cp.close();
   source.close();
   placement.close();

@@ -146,8 +146,28 @@ export class ControlPlane {
     );
   }
 
+  private caNow: CertificateAuthority | undefined;
+
   get trustDomain(): string {
-    return this.options.ca.trustDomain;
+    return this.ca.trustDomain;
+  }
+
+  /** The CA that signs now; `setCa` replaces it (a root rotation, a reloaded Secret). */
+  get ca(): CertificateAuthority {
+    return this.caNow ?? this.options.ca;
+  }
+
+  /**
+   * A new CA or trust bundle: new certificates are signed with it, and every connected sidecar gets
+   * its current config again with the new roots, so it trusts peers of both roots during a rotation.
+   */
+  setCa(ca: CertificateAuthority): void {
+    this.caNow = ca;
+    for (const [key, entry] of this.pods) {
+      if (!entry.current) continue;
+      for (const l of entry.listeners) l(entry.current);
+      if (entry.listeners.size > 0) this.observer.pushed(key, entry.current.version);
+    }
   }
 
   currentSnapshot(): MeshSnapshot {
@@ -331,7 +351,7 @@ export class ControlPlane {
       this.observer.refusedSigning(reason);
       throw new KmtlsError('KMTLS_PKI_UNAUTHENTICATED', `certificate request refused: ${reason}`);
     }
-    const issued = await this.options.ca.signAsync(csrPem, auth.caller, {
+    const issued = await this.ca.signAsync(csrPem, auth.caller, {
       ...(this.options.leafTtlMs ? { ttlMs: this.options.leafTtlMs } : {}),
     });
     this.issuedCount++;

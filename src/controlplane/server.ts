@@ -118,12 +118,12 @@ export async function startControlPlaneServer(opts: {
   setServing(serving: { certPem: string; keyPem: string }): void;
   close(): Promise<void>;
 }> {
-  const { controlPlane: cp, ca } = opts;
+  const { controlPlane: cp } = opts;
   const streams = new Set<http.ServerResponse>();
   const callerIdentities = (req: http.IncomingMessage): string[] => {
     const chain = peerChainOf(req.socket as TLSSocket);
     if (chain.length === 0) return [];
-    const v = verifyPeerChain(chain, ca.material.trustBundle, opts.clock.now(), [ca.trustDomain]);
+    const v = verifyPeerChain(chain, cp.ca.material.trustBundle, opts.clock.now(), [cp.ca.trustDomain]);
     return v.ok ? v.identities.map((i) => i.uri) : [];
   };
   const authorizePod = (req: http.IncomingMessage, pod: string): void => {
@@ -153,7 +153,7 @@ export async function startControlPlaneServer(opts: {
       );
       return sendJson(res, 200, {
         certChain: issued.chainPem,
-        roots: ca.trustBundlePem(),
+        roots: cp.ca.trustBundlePem(),
         notAfter: issued.notAfter.toISOString(),
       });
     }
@@ -165,7 +165,7 @@ export async function startControlPlaneServer(opts: {
       streams.add(res);
       const stop = cp.watchConfig(pod, (v) => {
         res.write(
-          `${JSON.stringify({ version: v.version, config: v.config, roots: ca.trustBundlePem() })}\n`,
+          `${JSON.stringify({ version: v.version, config: v.config, roots: cp.ca.trustBundlePem() })}\n`,
         );
       });
       res.on('close', () => {
@@ -189,7 +189,7 @@ export async function startControlPlaneServer(opts: {
     {
       cert: opts.serving.certPem,
       key: opts.serving.keyPem,
-      ca: ca.trustBundlePem(),
+      ca: cp.ca.trustBundlePem(),
       requestCert: true,
       rejectUnauthorized: false,
       minVersion: 'TLSv1.2',
@@ -218,7 +218,8 @@ export async function startControlPlaneServer(opts: {
   });
   return {
     server,
-    setServing: (s) => server.setSecureContext({ cert: s.certPem, key: s.keyPem, ca: ca.trustBundlePem() }),
+    setServing: (s) =>
+      server.setSecureContext({ cert: s.certPem, key: s.keyPem, ca: cp.ca.trustBundlePem() }),
     close: async () => {
       for (const s of streams) s.destroy();
       server.closeAllConnections();

@@ -279,7 +279,11 @@ export async function startKubeControlPlane(o: KubeControlPlaneOptions): Promise
             clock: { now: Date.now },
             random: randomBytes,
           });
-          log.info('the CA Secret changed; reloaded');
+          cp.setCa(ca);
+          log.info(
+            { roots: ca.material.trustBundle.length },
+            'the CA Secret changed (a rotation step?); reloaded and pushed to sidecars',
+          );
         }
       }
     }

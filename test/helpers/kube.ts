@@ -67,8 +67,10 @@ export interface TestCluster {
   readonly server: string;
   /** `kubectl` against this cluster. */
   kubectl(args: string[], input?: string): Promise<{ code: number; stdout: string; stderr: string }>;
-  /** Stops the API server (etcd keeps the data) and starts it again on the same port. */
-  restartApiServer(): Promise<void>;
+  /** Stops the API server (etcd keeps the data), runs `whileDown`, and starts it again on the same port. */
+  restartApiServer(whileDown?: () => Promise<void>): Promise<void>;
+  /** Compacts etcd's history up to now: watches resuming from an older resourceVersion get 410 Gone. */
+  compactEtcd(): Promise<void>;
   stop(): Promise<void>;
 }
 
@@ -172,12 +174,27 @@ export async function startCluster(options: { netns?: string } = {}): Promise<Te
     kubeconfig,
     server,
     kubectl,
-    async restartApiServer() {
+    async restartApiServer(whileDown) {
       const exited = new Promise((r) => api.once('exit', r));
       api.kill('SIGTERM');
       await exited;
+      await whileDown?.();
       api = spawn(...inNs(KUBE_APISERVER, apiArgs), apiLog());
       await waitFor('the API server to come back', ready, 90_000);
+    },
+    async compactEtcd() {
+      const endpoints = `http://127.0.0.1:${etcdClient}`;
+      const status = await run(
+        ...inNs('etcdctl', ['--endpoints', endpoints, 'endpoint', 'status', '-w', 'json']),
+        { ETCDCTL_API: '3' },
+      );
+      const revision = (JSON.parse(status.stdout) as { Status: { header: { revision: number } } }[])[0]
+        ?.Status.header.revision;
+      if (!revision) throw new Error(`etcdctl endpoint status: ${status.stderr}`);
+      const r = await run(...inNs('etcdctl', ['--endpoints', endpoints, 'compact', String(revision)]), {
+        ETCDCTL_API: '3',
+      });
+      if (r.code !== 0) throw new Error(`etcdctl compact: ${r.stderr}`);
     },
     async stop() {
       for (const p of [api, ...procs]) {

@@ -59,6 +59,9 @@ function sh(
     child.stdout.on('data', (d: Buffer) => (stdout += d.toString()));
     child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
     child.on('close', (code) => resolve({ code: code ?? 1, stdout, stderr }));
+    child.on('error', (err) => resolve({ code: 127, stdout, stderr: `${stderr}${err.message}` }));
+    // A command that exits before reading its input must not fail the test with EPIPE.
+    child.stdin.on('error', () => {});
     child.stdin.end(input ?? '');
   });
 }

@@ -6,7 +6,7 @@
  */
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
-import { X509Certificate } from 'node:crypto';
+import { randomBytes, X509Certificate } from 'node:crypto';
 import path from 'node:path';
 import { after, before, test } from 'node:test';
 import { fileURLToPath } from 'node:url';
@@ -15,8 +15,11 @@ import type { KubeControlPlaneOptions } from '../../src/kube/index.js';
 import { auditSecretReaders, loadKubeConfig, startKubeControlPlane } from '../../src/kube/index.js';
 import type { ProxyConfig } from '../../src/mesh/index.js';
 import { controlPlaneIdentity } from '../../src/mesh/index.js';
+import { createRoot } from '../../src/pki/index.js';
+import { toPem } from '../../src/pki/x509.js';
 import type { ProxyIdentity } from '../../src/proxy/index.js';
 import { ControlPlaneClient, requestCertificate } from '../../src/proxy/index.js';
+import { signIntermediate } from '../helpers/ca.js';
 import type { TestCluster } from '../helpers/kube.js';
 import { freePort, kubeUnavailable, startCluster } from '../helpers/kube.js';
 
@@ -140,6 +143,18 @@ test('the controller keeps the CA in a Secret, publishes the root everywhere, re
   // A controller started afresh keeps the CA.
   const c = await startController('replica-c');
   assert.equal(await secretRoot(), root);
+  // A root rotation begun with `kmtls ca rotate --kubeconfig`: every namespace gets both roots.
+  const rootsIn = async (ns: string) =>
+    ((await configMapRoot(ns)) ?? '').match(/BEGIN CERTIFICATE/g)?.length ?? 0;
+  const cli = (args: string[]) => spawnSync(process.execPath, [BIN, ...args], { encoding: 'utf8' });
+  const begin = cli(['ca', 'rotate', 'begin', '--kubeconfig', cluster.kubeconfig]);
+  assert.equal(begin.status, 0, begin.stderr);
+  await eventually('both roots in every namespace', async () =>
+    (await rootsIn('shop')) === 2 && (await rootsIn('late')) === 2 ? true : undefined,
+  );
+  const abort = cli(['ca', 'rotate', 'abort', '--kubeconfig', cluster.kubeconfig]);
+  assert.equal(abort.status, 0, abort.stderr);
+  await eventually('one root again', async () => ((await rootsIn('shop')) === 1 ? true : undefined));
   await c.stop();
 });
 
@@ -237,8 +252,15 @@ test('sidecars authenticate with a projected ServiceAccount token; configs follo
       );
       assert.equal(back.inbound[0]?.policy, 'pay/default');
 
-      // The API server restarts: the watches list again and no change is lost.
-      await cluster.restartApiServer();
+      // The API server restarts while etcd's history is compacted past what the watches saw: they get
+      // 410 Gone, list again, and no change is lost — including one made just before the restart.
+      await kubectl(['apply', '-f', '-'], STRICT_PA.replace('mode: STRICT', 'mode: DISABLE'));
+      await cluster.restartApiServer(() => cluster.compactEtcd());
+      await eventually(
+        'the change made before the restart',
+        () => (configs.at(-1)?.inbound[0]?.mode === 'DISABLE' ? true : undefined),
+        60_000,
+      );
       await kubectl(['apply', '-f', '-'], STRICT_PA);
       await eventually(
         'a change after the API server restart',
@@ -316,6 +338,61 @@ test('an opted-in ServiceAccount gets a kubernetes.io/tls Secret only it can rea
       afterAudit.filter((r) => r.kind === 'excess').map((r) => [r.secret, r.subject]),
       [['db/kmtls-tls-ledger', 'User mallory']],
     );
+    // The same through the command line: reported, exit 1.
+    const check = spawnSync(process.execPath, [BIN, 'check', '--kube', '--kubeconfig', cluster.kubeconfig], {
+      encoding: 'utf8',
+    });
+    assert.equal(check.status, 1, check.stderr);
+    assert.match(
+      check.stdout,
+      /db\/kmtls-tls-ledger\s+User mallory\s+get\s+EXCESS\s+RoleBinding db\/peek -> Role peek/,
+    );
+  } finally {
+    await cp.stop();
+  }
+});
+
+test('a cacerts Secret in the control plane namespace is the plug-in CA, as in Istio', {
+  skip,
+  timeout: 120_000,
+}, async () => {
+  const ns = 'plugin-system';
+  await kubectl(['create', 'namespace', ns]);
+  const now = Date.now();
+  const root = createRoot({ trustDomain: 'cluster.local', now, random: randomBytes });
+  const inter = signIntermediate(root, { nowMs: now });
+  const pem = (der: Buffer) => toPem(der);
+  const files = {
+    'ca-cert.pem': pem(inter.certificate),
+    'ca-key.pem': inter.key.export({ format: 'pem', type: 'pkcs8' }).toString(),
+    'root-cert.pem': pem(root.certificate),
+    'cert-chain.pem': pem(inter.certificate) + pem(root.certificate),
+  };
+  await kubectl([
+    'create',
+    'secret',
+    'generic',
+    'cacerts',
+    '-n',
+    ns,
+    ...Object.entries(files).map(([k, v]) => `--from-literal=${k}=${v}`),
+  ]);
+  const cp = await startController('replica-plugin', { namespace: ns });
+  try {
+    await eventually('the plug-in root in the ConfigMaps', async () => {
+      const r = await cluster.kubectl([
+        'get',
+        'configmap',
+        '-n',
+        'default',
+        'kmtls-ca-root-cert',
+        '-o',
+        'jsonpath={.data.root-cert\\.pem}',
+      ]);
+      return r.stdout.trim() === files['root-cert.pem'].trim() ? true : undefined;
+    });
+    // No kmtls-ca Secret is made next to it.
+    assert.equal((await cluster.kubectl(['get', 'secret', '-n', ns, 'kmtls-ca'])).code, 1);
   } finally {
     await cp.stop();
   }
