@@ -27,7 +27,9 @@ import {
   FileSecretStore,
   initialCaState,
   loadCa,
+  MAX_LEAF_TTL_MS,
   materialOf,
+  parseDuration,
   saveCa,
   writeFileAtomic,
 } from '../pki/index.js';
@@ -38,7 +40,7 @@ import type { CommandIo } from './io.js';
 export const CONTROLPLANE_USAGE = `Usage:
   kmtls controlplane --dir DIR --state-dir STATE [--listen ADDR] [--admin ADDR]
                      [--placement FILE] [--tokens FILE] [--trust-domain TD]
-                     [--root-namespace NS] [--log-level info]
+                     [--root-namespace NS] [--leaf-ttl 24h] [--log-level info]
   kmtls controlplane --source kubernetes [--kubeconfig FILE] [--namespace NS] [--pod-name NAME]
                      [--listen ADDR] [--admin ADDR] [--webhook ADDR] [--no-interception]
                      [--trust-domain TD] [--root-namespace NS] [--log-level info]
@@ -136,9 +138,11 @@ export async function runControlPlane(argv: readonly string[], io: CommandIo): P
     tokens: { type: 'string' },
     'trust-domain': { type: 'string' },
     'root-namespace': { type: 'string' },
+    'leaf-ttl': { type: 'string' },
     'log-level': { type: 'string' },
     help: { type: 'boolean', short: 'h' },
   });
+  const leafTtlMs = leafTtl(values['leaf-ttl']);
   if (values.help) {
     io.stdout(CONTROLPLANE_USAGE);
     return 0;
@@ -148,7 +152,7 @@ export async function runControlPlane(argv: readonly string[], io: CommandIo): P
       'KMTLS_CLI_USAGE',
       `unknown --source ${JSON.stringify(values.source)} (directory or kubernetes)`,
     );
-  if (values.source === 'kubernetes') return runKubernetes(values);
+  if (values.source === 'kubernetes') return runKubernetes({ ...values, leafTtlMs });
   if (!values.dir || !values['state-dir'])
     throw new KmtlsError(
       'KMTLS_CLI_USAGE',
@@ -234,6 +238,7 @@ export async function runControlPlane(argv: readonly string[], io: CommandIo): P
     authenticators,
     clock,
     mesh: { trustDomain: ca.trustDomain, rootNamespace: values['root-namespace'] ?? 'istio-system' },
+    ...(leafTtlMs ? { leafTtlMs } : {}),
     observer: {
       ...metricsObserver(metrics),
       applied: (pod, version, latencyMs) => {
@@ -331,6 +336,7 @@ async function runKubernetes(values: {
   'trust-domain'?: string | undefined;
   'root-namespace'?: string | undefined;
   'log-level'?: string | undefined;
+  leafTtlMs: number | undefined;
 }): Promise<number> {
   const log = pino({ level: values['log-level'] ?? 'info', base: null }).child({ component: 'controlplane' });
   const kc = loadKubeConfig(values.kubeconfig);
@@ -357,4 +363,16 @@ async function runKubernetes(values: {
   await cp.stop();
   log.info('control plane stopped');
   return 0;
+}
+
+/** `--leaf-ttl`: a duration within the CA's limits (default: the CA's 24h). */
+function leafTtl(text: string | undefined): number | undefined {
+  if (text === undefined || text === '') return undefined;
+  const ms = parseDuration(text);
+  if (ms === undefined || ms <= 0 || ms > MAX_LEAF_TTL_MS)
+    throw new KmtlsError(
+      'KMTLS_PKI_TTL_INVALID',
+      `--leaf-ttl ${JSON.stringify(text)}: a duration up to 90d, e.g. 24h`,
+    );
+  return ms;
 }

@@ -67,6 +67,8 @@ export interface KubeControlPlaneOptions {
   readonly leaseDurationMs?: number;
   /** How often the leader re-checks what it keeps (CA Secret, root ConfigMaps, caBundle, TLS Secrets). */
   readonly resyncMs?: number;
+  /** Lifetime of sidecars' certificates (default: the CA's 24h). */
+  readonly leafTtlMs?: number;
   /** Lifetime of the opt-in TLS Secrets' certificates (default 24h). */
   readonly tlsSecretTtlMs?: number;
 }
@@ -197,6 +199,7 @@ export async function startKubeControlPlane(o: KubeControlPlaneOptions): Promise
     ],
     clock: { now: Date.now },
     mesh: { trustDomain: ca.trustDomain, rootNamespace: o.rootNamespace },
+    ...(o.leafTtlMs ? { leafTtlMs: o.leafTtlMs } : {}),
     ...(o.interception ? { interception: o.interception } : {}),
     observer,
   });

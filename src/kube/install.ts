@@ -373,6 +373,8 @@ export function controlPlaneArgs(): string[] {
     '$(KMTLS_TRUST_DOMAIN)',
     '--root-namespace',
     '$(KMTLS_ROOT_NAMESPACE)',
+    '--leaf-ttl',
+    '$(KMTLS_LEAF_TTL)',
   ];
 }
 
