@@ -56,6 +56,7 @@ export const ERROR_CODES = {
   KMTLS_INJECT_BAD_REVIEW: 1,
   KMTLS_KUBE_CONFIG: 1,
   KMTLS_KUBE_API: 1,
+  KMTLS_TLS_SECRET_CONFLICT: 1,
 } as const;
 
 export type ErrorCode = keyof typeof ERROR_CODES;

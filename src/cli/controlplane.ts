@@ -184,9 +184,13 @@ export async function runControlPlane(argv: readonly string[], io: CommandIo): P
   // The control plane's own serving certificate, from its CA; reissued at half its life.
   const cpId = parseSpiffeId(controlPlaneIdentity(ca.trustDomain));
   if (!cpId.ok) throw new KmtlsError('KMTLS_PKI_BAD_IDENTITY', cpId.message);
+  // The CA that signs now: the startup one until the control plane exists, then whatever the CA
+  // watcher last gave it (cp.setCa), so renewals and the serving certificate follow a rotation.
+  let cpRef: ControlPlane | undefined;
+  const currentCa = (): CertificateAuthority => cpRef?.ca ?? ca;
   const issueServing = () => {
     const { privateKey, publicKey } = generateKeyPairSync('ec', { namedCurve: 'prime256v1' });
-    const issued = ca.signPublicKey(publicKey.export({ format: 'der', type: 'spki' }), {
+    const issued = currentCa().signPublicKey(publicKey.export({ format: 'der', type: 'spki' }), {
       identities: [cpId.id],
       method: 'operator',
     });
@@ -201,9 +205,24 @@ export async function runControlPlane(argv: readonly string[], io: CommandIo): P
   const tokensFile = values.tokens;
   const bootstrap = new BootstrapTokenAuthenticator(randomBytes, () => readTokens(tokensFile));
   bootstrap.load(await readTokens(tokensFile));
+  // kmtls up rewrites tokens.json when it mints or revokes (a pod removed, or its identity changed):
+  // load it again so a revoked token stops working, not only when an unknown token comes in.
+  let tokensText = '';
+  const reloadTokens = () => {
+    if (!tokensFile) return;
+    void readFile(tokensFile, 'utf8')
+      .then(async (text) => {
+        if (text === tokensText) return;
+        tokensText = text;
+        bootstrap.load(await readTokens(tokensFile));
+      })
+      .catch(() => {}); // Not there (yet): keep what is loaded.
+  };
+  const tokensWatch = tokensFile ? watch(path.dirname(tokensFile), reloadTokens) : undefined;
+  tokensWatch?.on('error', () => {});
   const authenticators = [
     new ClientCertificateAuthenticator(
-      () => ({ roots: ca.material.trustBundle, trustDomains: [ca.trustDomain] }),
+      () => ({ roots: currentCa().material.trustBundle, trustDomains: [currentCa().trustDomain] }),
       clock,
     ),
     bootstrap,
@@ -256,6 +275,7 @@ export async function runControlPlane(argv: readonly string[], io: CommandIo): P
       },
     },
   });
+  cpRef = cp;
   const api = await startControlPlaneServer({ controlPlane: cp, ca, clock, listen, serving });
   // A rotation step (`kmtls ca rotate ... --state-dir`) changes the CA Secret: sign with the new
   // state, hand sidecars the new trust bundle, and keep root-cert.pem in step.
@@ -269,6 +289,9 @@ export async function runControlPlane(argv: readonly string[], io: CommandIo): P
         caText = text;
         const next = new CertificateAuthority(materialOf(now), { clock, random: randomBytes });
         cp.setCa(next);
+        // The serving certificate must chain to what sidecars now trust: issue it from the new CA.
+        serving = issueServing();
+        api.setServing(serving);
         await writeFileAtomic(
           path.join(stateDir, 'root-cert.pem'),
           Buffer.from(next.trustBundlePem()),
@@ -289,7 +312,13 @@ export async function runControlPlane(argv: readonly string[], io: CommandIo): P
     api.setServing(serving);
   }, 6 * 3_600_000);
   renewServing.unref();
-  const admin = await startControlPlaneAdmin({ controlPlane: cp, metrics, listen: adminAddress });
+  // pid and stateDir in /status: `kmtls up` checks that what answers is the process it started.
+  const admin = await startControlPlaneAdmin({
+    controlPlane: cp,
+    metrics,
+    listen: adminAddress,
+    extra: () => ({ pid: process.pid, stateDir: path.resolve(stateDir) }),
+  });
   log.info(
     {
       listen: `${listen.host}:${listen.port}`,
@@ -304,6 +333,7 @@ export async function runControlPlane(argv: readonly string[], io: CommandIo): P
   });
   clearInterval(renewServing);
   clearInterval(watchCa);
+  tokensWatch?.close();
   cp.close();
   source.close();
   placement.close();

@@ -1,6 +1,12 @@
 import { KmtlsError } from '../errors.js';
 import type { InterceptionText } from '../kube/iptables.js';
-import { buildInterceptionRules, parseInterception, renderIptablesRestore } from '../kube/iptables.js';
+import {
+  buildInterceptionRules,
+  buildIpv6Rules,
+  parseInterception,
+  renderIp6tablesRestore,
+  renderIptablesRestore,
+} from '../kube/iptables.js';
 import { applyInterception, cleanInterception } from '../kube/iptables-apply.js';
 import { parseCommandArgs } from './args.js';
 import type { CommandIo } from './io.js';
@@ -11,10 +17,12 @@ export const IPTABLES_USAGE = `Usage:
 Transparent interception for a pod, as Istio's istio-iptables sets it up (nat table, REDIRECT):
 inbound TCP goes to the sidecar's inbound port, outbound TCP to its outbound port; the proxy's own
 uid/gid is never redirected. Run in the pod's network namespace, as root or with NET_ADMIN.
+IPv6 is not intercepted: new inbound IPv6 TCP connections to intercepted ports are reset
+(ip6tables, filter table) so they cannot bypass STRICT; without ip6tables, a warning.
 
   apply    replace kmtls's rules with these (one iptables-restore transaction)
-  clean    remove kmtls's chains and the jumps to them
-  print    write the iptables-restore input, apply nothing
+  clean    remove kmtls's chains and the jumps to them (IPv4 nat, IPv6 filter)
+  print    write the iptables-restore input (the ip6tables one as comments), apply nothing
 
 Flags (Istio's defaults):
   --proxy-uid 1337                 --proxy-gid (the uid)
@@ -77,8 +85,9 @@ export async function runIptables(argv: readonly string[], io: CommandIo): Promi
     throw new KmtlsError('KMTLS_CLI_USAGE', `not a command name: --iptables ${JSON.stringify(iptables)}`);
 
   if (action === 'clean') {
-    const { removedRules } = await cleanInterception({ iptables });
-    if (output === 'json') io.stdout(`${JSON.stringify({ action, removedRules })}\n`);
+    const { removedRules, warnings } = await cleanInterception({ iptables });
+    for (const w of warnings) io.stderr(`warning: ${w}\n`);
+    if (output === 'json') io.stdout(`${JSON.stringify({ action, removedRules, warnings })}\n`);
     else io.stdout(`removed kmtls interception (${removedRules} jump rule(s))\n`);
     return 0;
   }
@@ -99,15 +108,30 @@ export async function runIptables(argv: readonly string[], io: CommandIo): Promi
   const options = parsed.options;
   if (action === 'print') {
     if (output === 'json')
-      io.stdout(`${JSON.stringify({ options, rules: buildInterceptionRules(options) }, null, 2)}\n`);
-    else io.stdout(renderIptablesRestore(options));
+      io.stdout(
+        `${JSON.stringify({ options, rules: buildInterceptionRules(options), ipv6Rules: buildIpv6Rules(options) }, null, 2)}\n`,
+      );
+    else {
+      io.stdout(renderIptablesRestore(options));
+      const v6 = renderIp6tablesRestore(options);
+      // Commented out, so the output still pipes into iptables-restore as it is.
+      if (v6)
+        io.stdout(
+          `# ip6tables-restore --noflush input (IPv6 inbound rejection):\n${v6
+            .trimEnd()
+            .split('\n')
+            .map((l) => `# ${l}`)
+            .join('\n')}\n`,
+        );
+    }
     return 0;
   }
-  await applyInterception(options, { iptables });
-  if (output === 'json') io.stdout(`${JSON.stringify({ action, options })}\n`);
+  const { ipv6, warnings } = await applyInterception(options, { iptables });
+  for (const w of warnings) io.stderr(`warning: ${w}\n`);
+  if (output === 'json') io.stdout(`${JSON.stringify({ action, options, ipv6, warnings })}\n`);
   else
     io.stdout(
-      `applied kmtls interception: inbound -> ${options.inboundPort}, outbound -> ${options.outboundPort}, proxy uid ${options.proxyUid} gid ${options.proxyGid} exempt\n`,
+      `applied kmtls interception: inbound -> ${options.inboundPort}, outbound -> ${options.outboundPort}, proxy uid ${options.proxyUid} gid ${options.proxyGid} exempt; IPv6 inbound ${ipv6 === 'rejected' ? 'rejected (not intercepted)' : ipv6 === 'none' ? 'needs no rules' : 'NOT blocked (see warning)'}\n`,
     );
   return 0;
 }

@@ -28,7 +28,8 @@ import type { CommandIo } from './io.js';
 export const PROXY_USAGE = `Usage:
   kmtls proxy --config FILE --cert-dir DIR [--log-level info]
   kmtls proxy --control-plane ADDR --pod NS/NAME --token-file FILE --ca-root FILE
-              [--admin ADDR] [--trust-domain TD] [--log-level info]
+              [--admin ADDR] [--status ADDR] [--transparent] [--trust-domain TD]
+              [--control-plane-identity SPIFFE_ID] [--log-level info]
 
 Standalone: FILE is a ProxyConfig (YAML or JSON; see docs/proxy.md). DIR holds cert-chain.pem,
 key.pem and root-cert.pem (what kmtls ca issue writes). Both are watched: a valid change applies to
@@ -99,6 +100,7 @@ export async function runProxy(argv: readonly string[], io: CommandIo): Promise<
     admin: { type: 'string' },
     status: { type: 'string' },
     transparent: { type: 'boolean' },
+    'control-plane-identity': { type: 'string' },
     'trust-domain': { type: 'string' },
     'log-level': { type: 'string' },
     help: { type: 'boolean', short: 'h' },
@@ -216,6 +218,7 @@ async function runManagedProxy(values: {
   admin?: string | undefined;
   status?: string | undefined;
   transparent?: boolean | undefined;
+  'control-plane-identity'?: string | undefined;
   'trust-domain'?: string | undefined;
   'log-level'?: string | undefined;
 }): Promise<number> {
@@ -260,7 +263,7 @@ async function runManagedProxy(values: {
     pod,
     token: async () => (await readFile(tokenFile, 'utf8')).trim(),
     rootsPem,
-    controlPlaneIdentity: controlPlaneIdentity(trustDomain),
+    controlPlaneIdentity: values['control-plane-identity'] ?? controlPlaneIdentity(trustDomain),
     clock,
     log,
     applyConfig: async (config) => {

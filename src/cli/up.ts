@@ -19,6 +19,8 @@ apply live. State (the CA, logs, runtime information) lives in --state-dir, defa
 Ctrl-C stops every process it started.
 `;
 
+const STOP_SIGNALS: readonly NodeJS.Signals[] = ['SIGINT', 'SIGTERM', 'SIGHUP'];
+
 /** `.kmtls` beside DIR: examples/quickstart → examples/.kmtls. */
 export function defaultStateDir(dir: string): string {
   return path.join(path.dirname(path.resolve(dir)), '.kmtls');
@@ -82,8 +84,33 @@ export async function runUp(argv: readonly string[], io: CommandIo): Promise<num
       dirty = true;
     },
   });
+  // The children run in their own process groups (so that what they start goes with them), out of
+  // reach of the terminal's signals: kmtls up ends them. SIGHUP (the terminal closed) stops as
+  // Ctrl-C does. A signal while starting, or a second one while stopping, exits at once, and the
+  // exit hook of src/local/processes.ts SIGKILLs every group still alive. Only a SIGKILL of kmtls up
+  // itself leaves them running.
+  let started = false;
+  let requestStop: () => void = () => {};
+  const stopSignal = new Promise<void>((resolve) => {
+    requestStop = resolve;
+  });
+  const onSignal = () => {
+    for (const sig of STOP_SIGNALS) {
+      process.removeListener(sig, onSignal);
+      process.once(sig, () => process.exit(130));
+    }
+    if (!started) process.exit(130);
+    requestStop();
+  };
+  for (const sig of STOP_SIGNALS) process.once(sig, onSignal);
   io.stdout(`starting the local mesh from ${dir} (state in ${stateDir})\n`);
-  await mesh.start();
+  try {
+    await mesh.start();
+  } catch (err) {
+    for (const sig of STOP_SIGNALS) process.removeListener(sig, onSignal);
+    throw err;
+  }
+  started = true;
   const plan = mesh.currentPlan();
   io.stdout(
     `mesh up: ${plan.pods.length} pods (${plan.pods.filter((p) => p.sidecar).length} with sidecars), ${plan.services.length} services; control plane ${plan.controlPlane.api}\n` +
@@ -115,10 +142,7 @@ export async function runUp(argv: readonly string[], io: CommandIo): Promise<num
   };
   const tick = setInterval(() => void draw(), tty ? 1000 : 2000);
   void draw();
-  await new Promise<void>((resolve) => {
-    process.once('SIGINT', resolve);
-    process.once('SIGTERM', resolve);
-  });
+  await stopSignal;
   clearInterval(tick);
   io.stdout('\nstopping the local mesh...\n');
   await mesh.stop();

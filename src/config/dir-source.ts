@@ -73,6 +73,7 @@ export class DirectorySource implements ResourceSource {
     readonly dir: string,
     private readonly now: () => number,
     private readonly debounceMs: number,
+    private readonly settle: () => Promise<void>,
   ) {
     this.state = {
       generation: 0,
@@ -87,9 +88,19 @@ export class DirectorySource implements ResourceSource {
   /** Reads the directory once and starts watching it. */
   static async open(
     dir: string,
-    options: { now?: () => number; debounceMs?: number; watch?: boolean } = {},
+    options: {
+      now?: () => number;
+      debounceMs?: number;
+      watch?: boolean;
+      /** How long to wait before believing that a file which had objects is now empty (default 100 ms). */
+      settleMs?: number;
+      /** Replaces the settle wait (tests); called before the emptied file is read again. */
+      settle?: () => Promise<void>;
+    } = {},
   ): Promise<DirectorySource> {
-    const source = new DirectorySource(dir, options.now ?? Date.now, options.debounceMs ?? 25);
+    const settleMs = options.settleMs ?? 100;
+    const settle = options.settle ?? (() => new Promise<void>((r) => setTimeout(r, settleMs)));
+    const source = new DirectorySource(dir, options.now ?? Date.now, options.debounceMs ?? 25, settle);
     await source.rescan();
     if (options.watch !== false) source.startWatching();
     return source;
@@ -196,8 +207,25 @@ export class DirectorySource implements ResourceSource {
       }
       const prior = this.files.get(file);
       if (prior && prior.text === text) continue;
+      let parsed = parseManifestText(text, file);
+      if (
+        (prior?.good?.objects.length ?? 0) > 0 &&
+        parsed.objects.length === 0 &&
+        !hasErrors(parsed.diagnostics)
+      ) {
+        // A file that had objects reads as empty: most likely an editor truncated it and has not
+        // written the new text yet. Look again after a moment before letting its objects (a STRICT
+        // policy, say) vanish; if it is still empty, the user really emptied it.
+        await this.settle();
+        try {
+          text = await readFile(file, 'utf8');
+        } catch {
+          continue; // Gone now; the next scan sees the deletion.
+        }
+        if (prior && prior.text === text) continue;
+        parsed = parseManifestText(text, file);
+      }
       changed = true;
-      const parsed = parseManifestText(text, file);
       const read = readResources(parsed.objects);
       const diagnostics = [...parsed.diagnostics, ...read.diagnostics];
       const refusedPolicies = read.resources.rejectedPeerAuthentications.length > 0;

@@ -116,7 +116,8 @@ interface PodEntry {
   /** The current config without its version, as text: what "changed" is judged on. */
   fingerprint: string | undefined;
   applied: string | undefined;
-  readonly listeners: Set<(v: ConfigVersion) => void>;
+  /** The open streams: each listener with what to call when its stream must end. */
+  readonly listeners: Map<(v: ConfigVersion) => void, (() => void) | undefined>;
 }
 
 /**
@@ -165,7 +166,7 @@ export class ControlPlane {
     this.caNow = ca;
     for (const [key, entry] of this.pods) {
       if (!entry.current) continue;
-      for (const l of entry.listeners) l(entry.current);
+      for (const l of entry.listeners.keys()) l(entry.current);
       if (entry.listeners.size > 0) this.observer.pushed(key, entry.current.version);
     }
   }
@@ -202,7 +203,11 @@ export class ControlPlane {
     const placed: { spec: PlacedPodSpec; pod: PlacedPod }[] = [];
     for (const spec of this.options.placement.current().pods) {
       const inst = instances.get(`${spec.namespace}/${spec.name}`);
-      if (inst) placed.push({ spec, pod: { ...inst, podIP: spec.podIP } });
+      if (inst)
+        placed.push({
+          spec,
+          pod: { ...inst, podIP: spec.podIP, ...(spec.ready === false ? { ready: false } : {}) },
+        });
     }
     const allPlaced = placed.map((p) => p.pod);
     const seen = new Set<string>();
@@ -218,7 +223,7 @@ export class ControlPlane {
           current: entry?.current,
           fingerprint: entry?.fingerprint,
           applied: entry?.applied,
-          listeners: entry?.listeners ?? new Set(),
+          listeners: entry?.listeners ?? new Map(),
         };
         this.pods.set(key, entry);
       }
@@ -257,7 +262,18 @@ export class ControlPlane {
       entry.current = { version: String(nextVersion), config: usable };
       changed.push(key);
     }
-    for (const key of [...this.pods.keys()]) if (!seen.has(key)) this.pods.delete(key);
+    let closed = false;
+    for (const [key, entry] of [...this.pods]) {
+      if (seen.has(key)) continue;
+      this.pods.delete(key);
+      // Its streams end: the sidecars reconnect, and are refused until the pod is placed again, when
+      // they find its new entry (listeners left on this one would never hear of it again).
+      const streams = [...entry.listeners.values()];
+      entry.listeners.clear();
+      closed ||= streams.length > 0;
+      for (const onClose of streams) onClose?.();
+    }
+    if (closed) this.observer.connected(this.connectedCount());
     const resourcesChanged = snapshot.resources !== this.snapshot.resources;
     if (changed.length === 0 && !resourcesChanged && this.version > 0) return [];
     this.version = nextVersion;
@@ -276,7 +292,7 @@ export class ControlPlane {
     if (changed.length > 0) {
       for (const key of changed) {
         const entry = this.pods.get(key)!;
-        for (const l of entry.listeners) l(entry.current!);
+        for (const l of entry.listeners.keys()) l(entry.current!);
         if (entry.listeners.size > 0) this.observer.pushed(key, entry.current!.version);
       }
     }
@@ -292,11 +308,16 @@ export class ControlPlane {
     return this.pods.get(pod)?.current;
   }
 
-  /** Subscribes a proxy's stream: the current version at once, then every new one. */
-  watchConfig(pod: string, listener: (v: ConfigVersion) => void): () => void {
+  /**
+   * Subscribes a proxy's stream: the current version at once, then every new one. `onClose` is called
+   * (once, after the listener is detached) when the control plane ends the stream itself: the pod
+   * left the placement. The caller ends its stream then, so the sidecar reconnects; the returned
+   * function need not be called after that, but may be.
+   */
+  watchConfig(pod: string, listener: (v: ConfigVersion) => void, onClose?: () => void): () => void {
     const entry = this.pods.get(pod);
     if (!entry) throw new KmtlsError('KMTLS_CP_UNKNOWN_POD', `no pod ${pod} with a sidecar in the mesh`);
-    entry.listeners.add(listener);
+    entry.listeners.set(listener, onClose);
     this.observer.connected(this.connectedCount());
     if (entry.current) {
       listener(entry.current);

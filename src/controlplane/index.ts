@@ -8,4 +8,11 @@ export type {
   Watched,
 } from './control-plane.js';
 export { ControlPlane, NO_CONTROL_PLANE_OBSERVER } from './control-plane.js';
-export { ControlPlaneMetrics, startControlPlaneAdmin, startControlPlaneServer } from './server.js';
+export {
+  ControlPlaneMetrics,
+  DEFAULT_HEARTBEAT_MS,
+  DEFAULT_MAX_STREAM_BUFFER_BYTES,
+  loopbackCaller,
+  startControlPlaneAdmin,
+  startControlPlaneServer,
+} from './server.js';

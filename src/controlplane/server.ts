@@ -1,6 +1,8 @@
 import http from 'node:http';
 import https from 'node:https';
+import { isIP } from 'node:net';
 import type { TLSSocket } from 'node:tls';
+import type { Logger } from 'pino';
 import { Counter, Gauge, Histogram, Registry } from 'prom-client';
 import { KmtlsError } from '../errors.js';
 import { CP_PATHS } from '../mesh/index.js';
@@ -10,6 +12,12 @@ import type { ControlPlane, ControlPlaneObserver } from './control-plane.js';
 
 /** Largest request body accepted (a CSR is under 1 KiB). */
 const MAX_BODY = 64 * 1024;
+/** How often an idle config stream gets a heartbeat line. */
+export const DEFAULT_HEARTBEAT_MS = 15_000;
+/** A config stream with more than this unsent is a reader that no longer reads: it is ended. */
+export const DEFAULT_MAX_STREAM_BUFFER_BYTES = 4 * 1024 * 1024;
+/** The heartbeat line: no `config`, so every client skips it. */
+const HEARTBEAT_LINE = `${JSON.stringify({ heartbeat: true })}\n`;
 
 export class ControlPlaneMetrics implements ControlPlaneObserver {
   readonly registry = new Registry();
@@ -106,6 +114,12 @@ function peerChainOf(socket: TLSSocket): Buffer[] {
  * The control plane's API over mTLS: certificate signing (bootstrap token or current certificate),
  * a stream of ProxyConfig versions per proxy, and acknowledgements. A proxy proves with its
  * certificate that it is the pod's identity before it sees that pod's config.
+ *
+ * A config stream is newline-delimited JSON: `{version, config, roots}` per version, and, when the
+ * client asks with `&heartbeat=1`, `{"heartbeat":true}` every `heartbeatMs` (default 15 s; 0 turns
+ * heartbeats off) so a sidecar can tell a dead connection from a quiet one. A stream whose unsent output passes `maxStreamBufferBytes`
+ * (default 4 MiB: the sidecar stopped reading) is destroyed and logged; so is a stream whose pod
+ * left the placement, which is ended so the sidecar reconnects.
  */
 export async function startControlPlaneServer(opts: {
   controlPlane: ControlPlane;
@@ -113,12 +127,18 @@ export async function startControlPlaneServer(opts: {
   clock: Clock;
   listen: { host: string; port: number };
   serving: { certPem: string; keyPem: string };
+  heartbeatMs?: number;
+  maxStreamBufferBytes?: number;
+  /** Where dropped streams are reported; none: not reported. */
+  log?: Pick<Logger, 'warn' | 'info'>;
 }): Promise<{
   server: https.Server;
   setServing(serving: { certPem: string; keyPem: string }): void;
   close(): Promise<void>;
 }> {
   const { controlPlane: cp } = opts;
+  const heartbeatMs = opts.heartbeatMs ?? DEFAULT_HEARTBEAT_MS;
+  const maxBuffered = opts.maxStreamBufferBytes ?? DEFAULT_MAX_STREAM_BUFFER_BYTES;
   const streams = new Set<http.ServerResponse>();
   const callerIdentities = (req: http.IncomingMessage): string[] => {
     const chain = peerChainOf(req.socket as TLSSocket);
@@ -163,12 +183,36 @@ export async function startControlPlaneServer(opts: {
       res.writeHead(200, { 'content-type': 'application/x-ndjson', 'cache-control': 'no-store' });
       res.flushHeaders();
       streams.add(res);
-      const stop = cp.watchConfig(pod, (v) => {
-        res.write(
-          `${JSON.stringify({ version: v.version, config: v.config, roots: cp.ca.trustBundlePem() })}\n`,
-        );
-      });
+      const send = (line: string): void => {
+        if (res.destroyed || res.writableEnded) return;
+        if (res.writableLength > maxBuffered) {
+          opts.log?.warn(
+            { pod, bufferedBytes: res.writableLength, limitBytes: maxBuffered },
+            'config stream not read: dropped (the sidecar reconnects)',
+          );
+          res.destroy();
+          return;
+        }
+        res.write(line);
+      };
+      const stop = cp.watchConfig(
+        pod,
+        (v) =>
+          send(
+            `${JSON.stringify({ version: v.version, config: v.config, roots: cp.ca.trustBundlePem() })}\n`,
+          ),
+        () => {
+          opts.log?.info({ pod }, 'pod left the placement: its config stream is ended');
+          res.end();
+        },
+      );
+      // Only clients that ask for heartbeats get them: older sidecars would log each as a bad config.
+      const heartbeat =
+        heartbeatMs > 0 && url.searchParams.get('heartbeat') === '1'
+          ? setInterval(() => send(HEARTBEAT_LINE), heartbeatMs).unref()
+          : undefined;
       res.on('close', () => {
+        if (heartbeat) clearInterval(heartbeat);
         stop();
         streams.delete(res);
       });
@@ -228,25 +272,58 @@ export async function startControlPlaneServer(opts: {
   };
 }
 
-/** The control plane's admin endpoint: /ready, /metrics, /status. Plain HTTP on its own port. */
+/** The request came from this host: a loopback address (IPv4, IPv6, or IPv4-mapped IPv6). */
+export function loopbackCaller(req: http.IncomingMessage): boolean {
+  let addr = req.socket.remoteAddress ?? '';
+  if (addr.startsWith('::ffff:')) addr = addr.slice(7);
+  if (isIP(addr) === 4) return addr.startsWith('127.');
+  return addr === '::1';
+}
+
+/**
+ * The control plane's admin endpoint: /ready, /metrics, /status. Plain HTTP on its own port.
+ *
+ * - `readyWhen`: /ready answers 200 while it returns true, else 503 (cluster mode: until the sources
+ *   have synced). Default: always ready.
+ * - `statusAllowed`: /status answers 403 to a request for which it returns false (cluster mode passes
+ *   `loopbackCaller`, since /status names every pod and workload). Default: every caller, as before.
+ * - A failed metrics collection answers 500 and is logged to `log`, if given.
+ */
 export async function startControlPlaneAdmin(opts: {
   controlPlane: ControlPlane;
   metrics: ControlPlaneMetrics;
   listen: { host: string; port: number };
   extra?: () => Record<string, unknown>;
+  readyWhen?: () => boolean;
+  statusAllowed?: (req: http.IncomingMessage) => boolean;
+  log?: Pick<Logger, 'error'>;
 }): Promise<http.Server> {
   const server = http.createServer((req, res) => {
     switch (req.url) {
-      case '/ready':
-        res.writeHead(200, { 'content-type': 'text/plain' });
-        return res.end('ready\n');
+      case '/ready': {
+        const ready = opts.readyWhen?.() ?? true;
+        res.writeHead(ready ? 200 : 503, { 'content-type': 'text/plain' });
+        return res.end(ready ? 'ready\n' : 'not ready: the sources have not synced\n');
+      }
       case '/metrics':
-        void opts.metrics.registry.metrics().then((text) => {
-          res.writeHead(200, { 'content-type': opts.metrics.registry.contentType });
-          res.end(text);
-        });
+        opts.metrics.registry.metrics().then(
+          (text) => {
+            res.writeHead(200, { 'content-type': opts.metrics.registry.contentType });
+            res.end(text);
+          },
+          (err: unknown) => {
+            opts.log?.error({ err: (err as Error)?.message ?? String(err) }, 'metrics collection failed');
+            if (!res.headersSent)
+              sendJson(res, 500, {
+                error: `metrics collection failed: ${String((err as Error)?.message ?? err)}`,
+              });
+            else res.destroy();
+          },
+        );
         return;
       case '/status':
+        if (opts.statusAllowed && !opts.statusAllowed(req))
+          return sendJson(res, 403, { error: '/status answers only local callers' });
         return sendJson(res, 200, { ...opts.controlPlane.status(), ...opts.extra?.() });
       default:
         return sendJson(res, 404, { error: 'not found', endpoints: ['/ready', '/metrics', '/status'] });

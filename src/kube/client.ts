@@ -83,6 +83,12 @@ export class KubeWatch<T extends KubernetesObject> {
   private retry = 0;
   private timer: NodeJS.Timeout | undefined;
   private started = false;
+  private listed = false;
+
+  /** Whether a list has succeeded at least once: until then the cache is empty, not "nothing there". */
+  get synced(): boolean {
+    return this.listed;
+  }
   private readonly api: KubernetesObjectApi;
 
   constructor(
@@ -105,6 +111,9 @@ export class KubeWatch<T extends KubernetesObject> {
           undefined,
           events.labelSelector,
         );
+        this.listed = true;
+        // A list that got through is the end of an outage: the next one backs off from the start.
+        this.retry = 0;
         return list as never;
       },
       events.labelSelector,
@@ -114,7 +123,6 @@ export class KubeWatch<T extends KubernetesObject> {
     this.informer.on('update', changed);
     this.informer.on('delete', changed);
     this.informer.on('connect', () => {
-      this.retry = 0;
       this.events.onConnect?.();
     });
     this.informer.on('error', (err: unknown) => {

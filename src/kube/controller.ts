@@ -5,6 +5,7 @@ import type { ControlPlaneObserver } from '../controlplane/index.js';
 import {
   ControlPlane,
   ControlPlaneMetrics,
+  loopbackCaller,
   startControlPlaneAdmin,
   startControlPlaneServer,
 } from '../controlplane/index.js';
@@ -16,7 +17,6 @@ import {
   CA_SECRET_NAME,
   CertificateAuthority,
   ClientCertificateAuthenticator,
-  caFromSecret,
   caMaterialFromFiles,
   caToSecret,
   createRoot,
@@ -63,8 +63,10 @@ export interface KubeControlPlaneOptions {
       dnsNames: readonly string[],
       ipAddresses: readonly string[],
     ) => { certPem: string; keyPem: string };
-  }) => Promise<{ close(): Promise<void> }>;
+  }) => Promise<{ close(): Promise<void>; refresh?(): Promise<void> | void }>;
   readonly leaseDurationMs?: number;
+  /** How often every replica re-reads the CA Secret (default 2 s). */
+  readonly caSyncMs?: number;
   /** How often the leader re-checks what it keeps (CA Secret, root ConfigMaps, caBundle, TLS Secrets). */
   readonly resyncMs?: number;
   /** Lifetime of sidecars' certificates (default: the CA's 24h). */
@@ -135,7 +137,14 @@ export async function startKubeControlPlane(o: KubeControlPlaneOptions): Promise
   const log = o.log;
   const store = new KubeSecretStore(o.kc);
   let stored = await loadOrCreateClusterCa(store, o.namespace, o.trustDomain, log);
-  let ca = new CertificateAuthority(materialOf(stored), { clock: { now: Date.now }, random: randomBytes });
+  // The control plane's own identity is never issued to a workload (sidecars pin it for the control plane).
+  const newCa = (s: StoredCa) =>
+    new CertificateAuthority(materialOf(s), {
+      clock: { now: Date.now },
+      random: randomBytes,
+      reservedIdentities: [controlPlaneIdentity(materialOf(s).trustDomain, o.namespace)],
+    });
+  let ca = newCa(stored);
   const cpId = parseSpiffeId(controlPlaneIdentity(ca.trustDomain, o.namespace));
   if (!cpId.ok) throw new KmtlsError('KMTLS_PKI_BAD_IDENTITY', cpId.message);
   const serving = (dnsNames: readonly string[] = [], ipAddresses: readonly string[] = []) => {
@@ -203,17 +212,28 @@ export async function startKubeControlPlane(o: KubeControlPlaneOptions): Promise
     ...(o.interception ? { interception: o.interception } : {}),
     observer,
   });
+  const apiServing = () =>
+    serving(
+      [`kmtls-controlplane.${o.namespace}.svc`, `kmtls-controlplane.${o.namespace}.svc.cluster.local`],
+      [o.listen.host === '0.0.0.0' ? '127.0.0.1' : o.listen.host],
+    );
   const api = await startControlPlaneServer({
     controlPlane: cp,
     ca,
     clock: { now: Date.now },
     listen: o.listen,
-    serving: serving(
-      [`kmtls-controlplane.${o.namespace}.svc`, `kmtls-controlplane.${o.namespace}.svc.cluster.local`],
-      [o.listen.host === '0.0.0.0' ? '127.0.0.1' : o.listen.host],
-    ),
+    serving: apiServing(),
+    log,
   });
-  const admin = await startControlPlaneAdmin({ controlPlane: cp, metrics, listen: o.admin });
+  // /status names every pod, IP and identity: in a cluster only callers on the pod's own loopback
+  // (kubectl port-forward, kubectl exec) see it; /ready and /metrics stay open for probes and scrapes.
+  const admin = await startControlPlaneAdmin({
+    controlPlane: cp,
+    metrics,
+    listen: o.admin,
+    statusAllowed: loopbackCaller,
+    log,
+  });
   const extra = o.extraServers ? await o.extraServers({ ca: () => ca, source, serving }) : undefined;
 
   // The writers, on the leader only.
@@ -249,47 +269,75 @@ export async function startKubeControlPlane(o: KubeControlPlaneOptions): Promise
   let running: Promise<void> = Promise.resolve();
   let timer: NodeJS.Timeout | undefined;
   let stopped = false;
+  let dueAt = Number.POSITIVE_INFINITY;
   const kick = (delayMs = 50) => {
     if (!elector.isLeader || stopped) return;
+    // The earliest deadline wins: a busy cluster's stream of events must not postpone the pass forever.
+    const at = Date.now() + delayMs;
+    if (timer && dueAt <= at) return;
     if (timer) clearTimeout(timer);
+    dueAt = at;
     timer = setTimeout(() => {
       timer = undefined;
+      dueAt = Number.POSITIVE_INFINITY;
       running = running.then(reconcile).catch((err: unknown) => {
         log.warn({ err: (err as Error).message }, 'reconcile failed; retrying');
         kick(2_000);
       });
     }, delayMs);
   };
-  const reconcile = async () => {
-    if (!elector.isLeader || stopped) return;
-    // The CA Secret: recreated if someone deleted it; reloaded if another writer changed it.
-    if (stored.mode === 'self-signed') {
-      const current = await store.get(o.namespace, CA_SECRET_NAME);
-      if (!current) {
+  /**
+   * Every replica follows the CA Secret (or the plug-in `cacerts`): a rotation step or a new plug-in
+   * CA is picked up, signed with, pushed to sidecars and put in the serving certificates. Only the
+   * leader writes the Secret back when someone deleted it.
+   */
+  const syncCa = async () => {
+    let now: StoredCa | undefined;
+    try {
+      now =
+        stored.mode === 'plug-in'
+          ? await loadOrCreateClusterCa(store, o.namespace, o.trustDomain, log)
+          : await loadCa(store, o.namespace);
+    } catch (err) {
+      log.error({ err: (err as Error).message }, 'cannot read the CA Secret; keeping the current CA');
+      return;
+    }
+    if (!now) {
+      if (elector.isLeader && stored.mode === 'self-signed') {
         await store.put(caToSecret(stored, o.namespace));
         log.warn(
           { secret: `${o.namespace}/${CA_SECRET_NAME}` },
           'the CA Secret was deleted; written again from memory',
         );
-      } else {
-        const now = caFromSecret(current);
-        if (
-          JSON.stringify(caToSecret(now, o.namespace).data) !==
-          JSON.stringify(caToSecret(stored, o.namespace).data)
-        ) {
-          stored = now;
-          ca = new CertificateAuthority(materialOf(stored), {
-            clock: { now: Date.now },
-            random: randomBytes,
-          });
-          cp.setCa(ca);
-          log.info(
-            { roots: ca.material.trustBundle.length },
-            'the CA Secret changed (a rotation step?); reloaded and pushed to sidecars',
-          );
-        }
       }
+      return;
     }
+    if (
+      JSON.stringify(caToSecret(now, o.namespace).data) ===
+      JSON.stringify(caToSecret(stored, o.namespace).data)
+    )
+      return;
+    stored = now;
+    ca = newCa(stored);
+    cp.setCa(ca);
+    api.setServing(apiServing());
+    await extra?.refresh?.();
+    log.info(
+      { roots: ca.material.trustBundle.length },
+      'the CA changed (a rotation step?); reloaded and pushed to sidecars',
+    );
+    kick(0);
+  };
+  let syncing = Promise.resolve();
+  const caTimer = setInterval(() => {
+    syncing = syncing.then(syncCa).catch(() => {});
+  }, o.caSyncMs ?? 2_000);
+  caTimer.unref();
+  // The serving certificate lives a day: a fresh one at a quarter of that.
+  const servingTimer = setInterval(() => api.setServing(apiServing()), 6 * 3_600_000);
+  servingTimer.unref();
+  const reconcile = async () => {
+    if (!elector.isLeader || stopped) return;
     const bundle = ca.trustBundlePem();
     const written = await publisher.publish(bundle, namespaces.list(), configMaps.list());
     if (written > 0)
@@ -327,6 +375,9 @@ export async function startKubeControlPlane(o: KubeControlPlaneOptions): Promise
     async stop() {
       stopped = true;
       if (timer) clearTimeout(timer);
+      clearInterval(caTimer);
+      clearInterval(servingTimer);
+      await syncing;
       await elector.stop();
       await running;
       await Promise.all([namespaces.stop(), configMaps.stop(), managedSecrets.stop()]);
@@ -344,10 +395,18 @@ export async function startKubeControlPlane(o: KubeControlPlaneOptions): Promise
 export function tlsWants(source: KubeSource): TlsSecretWant[] {
   const out = new Map<string, TlsSecretWant>();
   const r = source.current().resources;
+  const claimed = new Map<string, string>();
   const add = (namespace: string, sa: string, annotations: Readonly<Record<string, string>>) => {
     if (annotations[TLS_SECRET_OPT_IN] !== 'true') return;
+    const key = `${namespace}/${sa}`;
+    // One Secret per ServiceAccount: the ServiceAccount's own annotation wins over a pod's.
+    if (out.has(key)) return;
     const secret = annotations[TLS_SECRET_NAME] ?? defaultTlsSecretName(sa);
-    out.set(`${namespace}/${sa}`, { namespace, serviceAccount: sa, secret });
+    // Two ServiceAccounts naming the same Secret: the first keeps it, the other gets none.
+    const owner = claimed.get(`${namespace}/${secret}`);
+    if (owner !== undefined && owner !== sa) return;
+    claimed.set(`${namespace}/${secret}`, sa);
+    out.set(key, { namespace, serviceAccount: sa, secret });
   };
   for (const sa of r.serviceAccounts) add(sa.meta.namespace, sa.meta.name, sa.meta.annotations);
   for (const p of r.podSources) add(p.meta.namespace, p.serviceAccount, p.podAnnotations);

@@ -138,6 +138,10 @@ export interface InjectOptions {
   /** The sidecar as an init container with `restartPolicy: Always` (Kubernetes ≥ 1.29, or 1.28 with the feature gate). */
   readonly nativeSidecar: boolean;
   readonly controlPlaneAddress?: string;
+  /** The mesh's trust domain (default cluster.local): the sidecar checks peers and the control plane in it. */
+  readonly trustDomain?: string;
+  /** The SPIFFE ID the control plane serves with (default: kmtls-controlplane in kmtls-system). */
+  readonly controlPlaneIdentity?: string;
 }
 
 /** What the kmtls.io/status annotation records. */
@@ -382,7 +386,10 @@ function initContainer(image: string, args: readonly string[]): Record<string, u
 }
 
 /** The `kmtls proxy` arguments of the injected sidecar. */
-export function sidecarArgs(controlPlaneAddress: string): string[] {
+export function sidecarArgs(
+  controlPlaneAddress: string,
+  extra: { trustDomain?: string | undefined; controlPlaneIdentity?: string | undefined } = {},
+): string[] {
   return [
     'proxy',
     '--control-plane',
@@ -398,6 +405,8 @@ export function sidecarArgs(controlPlaneAddress: string): string[] {
     '--status',
     STATUS_LISTEN,
     '--transparent',
+    ...(extra.trustDomain ? ['--trust-domain', extra.trustDomain] : []),
+    ...(extra.controlPlaneIdentity ? ['--control-plane-identity', extra.controlPlaneIdentity] : []),
   ];
 }
 
@@ -410,7 +419,10 @@ function sidecarContainer(
   const container: Record<string, unknown> = {
     name: SIDECAR_CONTAINER,
     image: options.image,
-    args: sidecarArgs(options.controlPlaneAddress ?? DEFAULT_CONTROL_PLANE_ADDRESS),
+    args: sidecarArgs(options.controlPlaneAddress ?? DEFAULT_CONTROL_PLANE_ADDRESS, {
+      trustDomain: options.trustDomain,
+      controlPlaneIdentity: options.controlPlaneIdentity,
+    }),
     env: [
       fieldEnv(POD_ENV.name, 'metadata.name'),
       fieldEnv(POD_ENV.namespace, 'metadata.namespace'),

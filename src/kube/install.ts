@@ -213,12 +213,11 @@ function clusterRules(): PolicyRule[] {
     explained(
       {
         apiGroups: [''],
-        resources: ['pods', 'services', 'endpoints', 'namespaces', 'serviceaccounts'],
+        resources: ['pods', 'services', 'namespaces', 'serviceaccounts'],
         verbs: [...READ],
       },
       ' The mesh: workloads, their identities, services and which namespaces opt in.',
     ),
-    { apiGroups: ['discovery.k8s.io'], resources: ['endpointslices'], verbs: [...READ] },
     explained(
       { apiGroups: ['security.istio.io'], resources: ['peerauthentications'], verbs: [...READ] },
       " Istio's security API, read only: kmtls never writes a policy or its status.",
@@ -228,7 +227,6 @@ function clusterRules(): PolicyRule[] {
       { apiGroups: ['authentication.k8s.io'], resources: ['tokenreviews'], verbs: ['create'] },
       ' A sidecar proves its identity with its ServiceAccount token; the API server checks it.',
     ),
-    { apiGroups: ['authorization.k8s.io'], resources: ['subjectaccessreviews'], verbs: ['create'] },
     explained(
       {
         apiGroups: [''],
@@ -242,18 +240,19 @@ function clusterRules(): PolicyRule[] {
       {
         apiGroups: [''],
         resources: ['secrets'],
-        verbs: ['get', 'list', 'watch', 'create', 'update', 'patch', 'delete'],
+        verbs: ['get', 'list', 'watch', 'create', 'update', 'patch'],
       },
       ' Cluster-wide: workloads that terminate mTLS themselves opt in to a kubernetes.io/tls Secret in\n' +
-        ' their own namespace, which the controller issues, renews and deletes when the opt-in goes\n' +
-        ' away; the CA is a Secret in the control plane namespace. RBAC cannot narrow this to those\n' +
-        ' Secrets (their names come from the workloads); they carry app.kubernetes.io/managed-by=kmtls.',
+        ' their own namespace, which the controller issues and renews (it never overwrites a Secret it\n' +
+        ' did not make, and deletes none); the CA is a Secret in the control plane namespace. RBAC cannot\n' +
+        ' narrow this to those Secrets (their names come from the workloads); they carry\n' +
+        ' app.kubernetes.io/managed-by=kmtls.',
     ),
     explained(
       {
         apiGroups: ['rbac.authorization.k8s.io'],
         resources: ['roles', 'rolebindings'],
-        verbs: ['get', 'list', 'watch', 'create', 'update', 'patch', 'delete'],
+        verbs: ['get', 'list', 'watch', 'create', 'update', 'patch'],
       },
       ' Each opted-in ServiceAccount gets a Role allowing get and watch on its one TLS Secret, and a\n' +
         ' RoleBinding. Neither escalate nor bind is granted: the API server lets a subject create such a\n' +
@@ -268,10 +267,6 @@ function clusterRules(): PolicyRule[] {
         verbs: ['get', 'update', 'patch'],
       },
       ' Keeps the caBundle of its own injection webhook current, and no other webhook.',
-    ),
-    explained(
-      { apiGroups: ['', 'events.k8s.io'], resources: ['events'], verbs: ['create', 'patch'] },
-      ' Events on the objects it acts on (patch: a repeated event is counted, not re-created).',
     ),
   ];
 }

@@ -6,8 +6,10 @@ import { KmtlsError } from '../errors.js';
  * Transparent interception in a pod, as Istio's `istio-iptables` sets it up in REDIRECT mode: the
  * nat-table rules that send the application's inbound TCP to the sidecar's inbound port and its
  * outbound TCP to the sidecar's outbound port, leaving the proxy's own traffic (its uid or gid) alone.
- * This module only builds the rules (pure); iptables-apply.ts runs them. IPv4 only: IPv6 traffic is
- * not intercepted, so IPv6 ranges in the options are accepted and have no effect.
+ * This module only builds the rules (pure); iptables-apply.ts runs them. IPv4 is redirected; IPv6 is
+ * not intercepted, so that it cannot bypass the sidecar's STRICT ports, new inbound IPv6 TCP
+ * connections on the ports IPv4 would intercept are rejected (ip6tables filter table, see
+ * {@link buildIpv6Rules}). Outbound IPv6 leaves uninspected; IPv6 ranges in the options have no effect.
  */
 
 export const CHAINS = {
@@ -16,6 +18,9 @@ export const CHAINS = {
   output: 'KMTLS_OUTPUT',
   redirect: 'KMTLS_REDIRECT',
 } as const;
+
+/** The ip6tables filter-table chain that rejects inbound IPv6 TCP the sidecar would not see. */
+export const IPV6_CHAINS = { inbound: 'KMTLS_INBOUND6' } as const;
 
 /** The proxy's own ports, never intercepted inbound: admin, inbound, outbound, status, health. */
 export const ALWAYS_EXCLUDED_INBOUND_PORTS = [15000, 15006, 15001, 15020, 15021] as const;
@@ -27,8 +32,8 @@ export const DEFAULT_OUTBOUND_PORT = 15001;
 
 /**
  * Istio's inbound passthrough source: connections from it to the pod's own address are never
- * intercepted again. kmtls's sidecar reaches the application on 127.0.0.1, which no rule touches;
- * the rule stays so the chain is Istio's and a proxy that binds 127.0.0.6 works too.
+ * intercepted again. The sidecar reaches the application at the pod's IP from this address (and so
+ * do the status port's probes), as Istio does since 1.10.
  */
 export const INBOUND_PASSTHROUGH_SOURCE = '127.0.0.6';
 
@@ -273,4 +278,33 @@ export function renderIptablesRestore(o: InterceptionOptions): string {
     'COMMIT',
     '',
   ].join('\n');
+}
+
+/**
+ * The ip6tables rules (filter table), as arguments: new inbound IPv6 TCP connections (SYN) arriving
+ * on a non-loopback interface are reset on every port the IPv4 rules would redirect to the sidecar,
+ * so a client cannot reach a STRICT port in plaintext over the pod's IPv6 address. Excluded ports
+ * (the proxy's own included) stay open, as for IPv4. No rules when no inbound port is intercepted.
+ */
+export function buildIpv6Rules(o: InterceptionOptions): string[] {
+  const { inbound } = IPV6_CHAINS;
+  if (o.includeInboundPorts !== '*' && o.includeInboundPorts.length === 0) return [];
+  const rules = [`-A INPUT -p tcp -j ${inbound}`, `-A ${inbound} -i lo -j RETURN`];
+  const reject = '-j REJECT --reject-with tcp-reset';
+  if (o.includeInboundPorts === '*') {
+    for (const p of excludedInboundPorts(o)) rules.push(`-A ${inbound} -p tcp --dport ${p} -j RETURN`);
+    rules.push(`-A ${inbound} -p tcp --syn ${reject}`);
+  } else {
+    for (const p of o.includeInboundPorts) rules.push(`-A ${inbound} -p tcp --dport ${p} --syn ${reject}`);
+  }
+  return rules;
+}
+
+/** The `ip6tables-restore --noflush` input for {@link buildIpv6Rules}, or undefined when there are none. */
+export function renderIp6tablesRestore(o: InterceptionOptions): string | undefined {
+  const rules = buildIpv6Rules(o);
+  if (rules.length === 0) return undefined;
+  return ['*filter', ...Object.values(IPV6_CHAINS).map((c) => `:${c} - [0:0]`), ...rules, 'COMMIT', ''].join(
+    '\n',
+  );
 }

@@ -55,17 +55,31 @@ export class LeaderElector {
     return this.o.leaseDurationMs ?? 15_000;
   }
 
+  /** A leader that has not renewed for this long stops acting as one, before anyone else may take over. */
+  private get renewDeadlineMs(): number {
+    return Math.floor((this.durationMs * 2) / 3);
+  }
+
   private async tick(): Promise<void> {
     if (this.stopped) return;
+    const every = this.o.renewEveryMs ?? 2_000;
     try {
-      await this.tryAcquireOrRenew();
+      // A hung API call must not keep a stale leader leading: give each attempt a deadline.
+      await Promise.race([
+        this.tryAcquireOrRenew(),
+        new Promise((_, reject) =>
+          setTimeout(() => reject(new Error('lease call timed out')), every).unref(),
+        ),
+      ]);
     } catch (err) {
       this.o.log?.('leader election: lease update failed', { err: (err as Error).message });
-      // A leader that cannot renew for a whole lease duration must stop acting as one.
-      if (this.leading && Date.now() - this.lastRenewMs > this.durationMs) this.setLeading(false);
     }
-    if (!this.stopped) this.timer = setTimeout(() => void this.tick(), this.o.renewEveryMs ?? 2_000);
+    if (this.leading && Date.now() - this.lastRenewMs > this.renewDeadlineMs) this.setLeading(false);
+    if (!this.stopped) this.timer = setTimeout(() => void this.tick(), every);
   }
+
+  /** The lease record as last seen, and when (by this replica's clock): expiry never compares clocks. */
+  private observed: { record: string; atMs: number } | undefined;
 
   private async tryAcquireOrRenew(): Promise<void> {
     const { namespace, name, identity } = this.o;
@@ -95,8 +109,13 @@ export class LeaderElector {
       return;
     }
     const holder = lease.spec?.holderIdentity;
-    const renewed = lease.spec?.renewTime ? new Date(String(lease.spec.renewTime)).getTime() : 0;
-    const expired = Date.now() - renewed > (lease.spec?.leaseDurationSeconds ?? 15) * 1000;
+    // As client-go: the lease is expired when its record has not changed for a lease duration as
+    // measured here, whatever the other replica's clock wrote into renewTime.
+    const record = `${holder}|${String(lease.spec?.renewTime)}|${lease.metadata?.resourceVersion}`;
+    if (this.observed?.record !== record) this.observed = { record, atMs: Date.now() };
+    const released = String(lease.spec?.renewTime ?? '').startsWith('1970-');
+    const expired =
+      released || Date.now() - this.observed.atMs > (lease.spec?.leaseDurationSeconds ?? 15) * 1000;
     if (holder !== identity && !expired) {
       if (this.leading) this.setLeading(false);
       return;

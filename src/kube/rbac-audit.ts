@@ -91,15 +91,14 @@ export async function auditSecretReaders(
       roleName: string,
       rules: readonly V1PolicyRule[],
       subjects: readonly RbacV1Subject[],
+      bootstrap: boolean,
     ) => {
       const verbs = [...new Set(rules.flatMap((r) => ruleReads(r, secret.name)))];
       if (verbs.length === 0) return;
       for (const s of subjects) {
         const subject = subjectName(s, bindingNamespace);
-        const builtIn =
-          bindingName.startsWith('system:') ||
-          roleName.startsWith('system:') ||
-          (s.kind === 'Group' && s.name === 'system:masters');
+        // Kubernetes' own bootstrap bindings carry this label; a name starting with `system:` alone proves nothing.
+        const builtIn = bootstrap || (s.kind === 'Group' && s.name === 'system:masters');
         out.push({
           secret: label,
           subject,
@@ -119,6 +118,7 @@ export async function auditSecretReaders(
         b.roleRef.name,
         rules,
         b.subjects ?? [],
+        b.metadata?.labels?.['kubernetes.io/bootstrapping'] === 'rbac-defaults',
       );
     }
     for (const b of bindings.items) {
@@ -135,6 +135,7 @@ export async function auditSecretReaders(
         b.roleRef.name,
         rules,
         b.subjects ?? [],
+        b.metadata?.labels?.['kubernetes.io/bootstrapping'] === 'rbac-defaults',
       );
     }
   }

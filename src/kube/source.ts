@@ -56,7 +56,18 @@ interface PodLike extends KubernetesObject {
     containers?: { name: string; ports?: { containerPort: number }[] }[];
     initContainers?: { name: string; restartPolicy?: string }[];
   };
-  status?: { podIP?: string; phase?: string };
+  status?: { podIP?: string; phase?: string; conditions?: { type: string; status: string }[] };
+}
+
+function isGone(p: PodLike): boolean {
+  const phase = p.status?.phase;
+  return phase === 'Succeeded' || phase === 'Failed' || p.metadata?.deletionTimestamp !== undefined;
+}
+
+/** Ready as the endpoints controller sees it; a pod without conditions yet counts as ready. */
+function isReady(p: PodLike): boolean {
+  const c = p.status?.conditions?.find((x) => x.type === 'Ready');
+  return c === undefined || c.status === 'True';
 }
 
 /** Fields the API server sets that mean nothing to policy, dropped so they cannot trigger "changes". */
@@ -122,35 +133,71 @@ export class KubeSource implements ResourceSource {
   }
 
   private async start(): Promise<void> {
-    for (const candidates of WATCHED) {
-      let chosen: KindRef | undefined;
-      for (const ref of candidates) {
-        if (await isServed(this.kc, ref)) {
-          chosen = ref;
-          break;
-        }
-      }
-      if (!chosen) {
-        this.log('warn', `${candidates[0]!.kind} is not served by this cluster; none are read`, {
-          tried: candidates.map((c) => c.apiVersion),
-        });
-        continue;
-      }
-      this.served.push(chosen);
-      const ref = chosen;
-      this.watches.push(
-        new KubeWatch<KubernetesObject>(this.kc, ref, {
-          onChange: () => this.schedule(),
-          onError: (err) =>
-            this.log('warn', `watch of ${ref.kind} broke; listing again`, {
-              err: (err as Error)?.message ?? String(err),
-            }),
-          onConnect: () => this.schedule(),
-        }),
-      );
-    }
+    for (const candidates of WATCHED) await this.watchFirstServed(candidates);
     await Promise.all(this.watches.map((w) => w.start()));
+    // Fail closed: nothing is published (and the control plane does not serve) until every kind
+    // has been listed once; an empty cache would read as "no policies" and push PERMISSIVE.
+    for (let i = 0; !this.watches.every((w) => w.synced); i++) {
+      if (i % 50 === 0 && i > 0) {
+        this.log('warn', 'waiting for the first list of every watched kind', {
+          pending: this.watches.filter((w) => !w.synced).map((w) => w.ref.kind),
+        });
+      }
+      await new Promise((r) => setTimeout(r, 100));
+    }
     this.rebuild();
+    // Kinds not served at start (Istio's CRDs installed later) are looked for again.
+    if (this.missing.length > 0) {
+      this.recheck = setInterval(() => void this.recheckMissing(), 30_000);
+      this.recheck.unref();
+    }
+  }
+
+  private readonly missing: (readonly KindRef[])[] = [];
+  private recheck: NodeJS.Timeout | undefined;
+
+  private async watchFirstServed(candidates: readonly KindRef[]): Promise<boolean> {
+    let chosen: KindRef | undefined;
+    for (const ref of candidates) {
+      if (await isServed(this.kc, ref).catch(() => false)) {
+        chosen = ref;
+        break;
+      }
+    }
+    if (!chosen) {
+      this.log('warn', `${candidates[0]!.kind} is not served by this cluster yet; looking again every 30s`, {
+        tried: candidates.map((c) => c.apiVersion),
+      });
+      if (!this.missing.includes(candidates)) this.missing.push(candidates);
+      return false;
+    }
+    this.served.push(chosen);
+    const ref = chosen;
+    this.watches.push(
+      new KubeWatch<KubernetesObject>(this.kc, ref, {
+        onChange: () => this.schedule(),
+        onError: (err) =>
+          this.log('warn', `watch of ${ref.kind} broke; listing again`, {
+            err: (err as Error)?.message ?? String(err),
+          }),
+        onConnect: () => this.schedule(),
+      }),
+    );
+    return true;
+  }
+
+  private async recheckMissing(): Promise<void> {
+    for (const candidates of [...this.missing]) {
+      const before = this.watches.length;
+      if (await this.watchFirstServed(candidates)) {
+        this.missing.splice(this.missing.indexOf(candidates), 1);
+        const w = this.watches[before]!;
+        await w.start();
+        this.log('info', `${w.ref.kind} is served now (${w.ref.apiVersion}); reading it`);
+        this.schedule();
+      }
+    }
+    if (this.missing.length === 0 && this.recheck) clearInterval(this.recheck);
   }
 
   private schedule(): void {
@@ -168,6 +215,8 @@ export class KubeSource implements ResourceSource {
     const pods: PodLike[] = [];
     for (const w of this.watches) {
       for (const obj of w.list()) {
+        // A pod that has ended, or is being deleted, is no workload any more (its IP may be reused).
+        if (obj.kind === 'Pod' && isGone(obj as PodLike)) continue;
         const body = strip(obj);
         const name = `${obj.kind} ${obj.metadata?.namespace ? `${obj.metadata.namespace}/` : ''}${obj.metadata?.name}`;
         const location = { file: `cluster: ${name}`, line: 1, column: 1 };
@@ -222,7 +271,9 @@ export class KubeSource implements ResourceSource {
             name: p.metadata!.name!,
             podIP: p.status!.podIP!,
             sidecar,
-            apps: Object.fromEntries(ports.map((port) => [String(port), `127.0.0.1:${port}`])),
+            ready: isReady(p),
+            // The pod's own IP, not loopback: a listener bound to 127.0.0.1 only is not for the network.
+            apps: Object.fromEntries(ports.map((port) => [String(port), `${p.status!.podIP!}:${port}`])),
             outbound: {},
           };
         })
@@ -255,6 +306,7 @@ export class KubeSource implements ResourceSource {
 
   close(): void {
     if (this.timer) clearTimeout(this.timer);
+    if (this.recheck) clearInterval(this.recheck);
     for (const w of this.watches) void w.stop();
     this.listeners.clear();
     this.placementListeners.clear();

@@ -2,7 +2,7 @@ import type { KubeConfig, V1Role, V1RoleBinding } from '@kubernetes/client-node'
 import { RbacAuthorizationV1Api } from '@kubernetes/client-node';
 import { meshIdentity } from '../identity/index.js';
 import type { CertificateAuthority, SecretStore, TlsSecretResult } from '../pki/index.js';
-import { ensureTlsSecret } from '../pki/index.js';
+import { ensureTlsSecret, TLS_SECRET_ANNOTATION } from '../pki/index.js';
 import { statusOf } from './client.js';
 import { MANAGED_BY } from './publisher.js';
 
@@ -69,6 +69,23 @@ export class TlsSecretReconciler {
       if (!id.ok) continue;
       let result: TlsSecretResult;
       try {
+        // Never a confused deputy: a Secret kmtls did not make, or made for another identity, is left
+        // alone, whatever a workload's annotation names (it could be another team's key, or an
+        // ingress certificate).
+        const existing = await this.store.get(want.namespace, want.secret);
+        const owner = existing?.annotations[TLS_SECRET_ANNOTATION.identity];
+        const managed = existing?.labels['app.kubernetes.io/managed-by'] === 'kmtls';
+        if (existing && (!managed || owner !== id.id.uri)) {
+          this.log(
+            'warn',
+            `TLS Secret ${want.namespace}/${want.secret} not issued: it already exists and is not kmtls's for ${id.id.uri}`,
+            {
+              code: 'KMTLS_TLS_SECRET_CONFLICT',
+              owner: managed ? owner : 'not managed by kmtls',
+            },
+          );
+          continue;
+        }
         result = await ensureTlsSecret(
           this.store,
           ca,

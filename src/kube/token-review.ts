@@ -48,7 +48,8 @@ export class TokenReviewAuthenticator implements CallerAuthenticator {
         reason: `the API server did not authenticate the token${status?.error ? `: ${status.error}` : ''}`,
       };
     }
-    if (status.audiences && !status.audiences.includes(this.audience)) {
+    // The API server names the audiences the token is good for; none named is not "any".
+    if (!status.audiences?.includes(this.audience)) {
       return { ok: false, reason: `the token is not for audience ${this.audience}` };
     }
     const m = SA_USER.exec(status.user?.username ?? '');

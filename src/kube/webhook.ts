@@ -1,7 +1,8 @@
 import https from 'node:https';
 import type { KubeConfig } from '@kubernetes/client-node';
-import { VersionApi } from '@kubernetes/client-node';
+import { CoreV1Api, VersionApi } from '@kubernetes/client-node';
 import type { Logger } from 'pino';
+import { controlPlaneIdentity } from '../mesh/index.js';
 import type { CertificateAuthority } from '../pki/index.js';
 import { handleAdmissionReview } from './admission.js';
 import { CONTROL_PLANE_NAME, CONTROL_PLANE_PORTS, WEBHOOK_PATH } from './constants.js';
@@ -42,7 +43,8 @@ export async function startInjectionWebhook(opts: {
   image?: string;
   controlPlaneAddress?: string;
   nativeSidecar?: boolean;
-}): Promise<{ close(): Promise<void> }> {
+  trustDomain?: string;
+}): Promise<{ close(): Promise<void>; refresh(): void }> {
   const dns = [
     `kmtls-controlplane.${opts.namespace}.svc`,
     `kmtls-controlplane.${opts.namespace}.svc.cluster.local`,
@@ -59,6 +61,14 @@ export async function startInjectionWebhook(opts: {
     `${CONTROL_PLANE_NAME}.${opts.namespace}.svc:${CONTROL_PLANE_PORTS.api.port}`;
   const labelsOf = (ns: string) =>
     opts.source.current().resources.namespaces.find((n) => n.meta.name === ns)?.meta.labels;
+  const core = opts.kc.makeApiClient(CoreV1Api);
+  const liveLabels = async (ns: string): Promise<Record<string, string> | undefined> => {
+    try {
+      return (await core.readNamespace({ name: ns })).metadata?.labels ?? {};
+    } catch {
+      return undefined; // The cache answers instead.
+    }
+  };
   const server = https.createServer(
     { ...toTls(opts.serving(dns, ips)), minVersion: 'TLSv1.2' },
     (req, res) => {
@@ -74,15 +84,21 @@ export async function startInjectionWebhook(opts: {
         if (size > MAX_BODY) req.destroy();
         else chunks.push(c);
       });
-      req.on('end', () => {
+      req.on('end', async () => {
         let answer: unknown;
         try {
           const body = JSON.parse(Buffer.concat(chunks).toString('utf8')) as unknown;
+          // The namespace's labels as the API server has them now: an informer cache a moment behind
+          // (a namespace labelled just before the pod was created) would let a pod in unmeshed.
+          const ns = (body as { request?: { namespace?: unknown } }).request?.namespace;
+          const live = typeof ns === 'string' ? await liveLabels(ns) : undefined;
           answer = handleAdmissionReview(body, {
             image,
             nativeSidecar: native,
             controlPlaneAddress,
-            namespaceLabels: labelsOf,
+            namespaceLabels: (n) => (n === ns && live ? live : labelsOf(n)),
+            trustDomain: opts.ca().trustDomain,
+            controlPlaneIdentity: controlPlaneIdentity(opts.ca().trustDomain, opts.namespace),
           });
           const r = (
             answer as {
@@ -124,6 +140,8 @@ export async function startInjectionWebhook(opts: {
     'injection webhook ready',
   );
   return {
+    // A new CA: a certificate from it at once (the controller puts its root in the caBundle).
+    refresh: () => server.setSecureContext(toTls(opts.serving(dns, ips))),
     close: async () => {
       clearInterval(renew);
       server.closeAllConnections();

@@ -1,6 +1,7 @@
 import { randomBytes } from 'node:crypto';
-import { mkdir, readFile } from 'node:fs/promises';
+import { appendFile, mkdir, readFile, rm } from 'node:fs/promises';
 import http from 'node:http';
+import net from 'node:net';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import type { SourceState } from '../config/index.js';
@@ -11,7 +12,7 @@ import { buildMeshSnapshot } from '../mesh/index.js';
 import { BootstrapTokenAuthenticator, writeFileAtomic } from '../pki/index.js';
 import { KubeProxy } from './kube-proxy.js';
 import type { LocalPlan, LocalPod } from './plan.js';
-import { containerEnv, LocalAllocator, placementOf, planMesh } from './plan.js';
+import { containerEnv, LocalAllocator, placementOf, planMesh, restartFingerprint } from './plan.js';
 import type { ProcessStatus } from './processes.js';
 import { ManagedProcess } from './processes.js';
 
@@ -30,6 +31,14 @@ export interface LocalMeshOptions {
   readonly cwd: string;
   readonly logLevel?: string;
   readonly onChange?: () => void;
+  /** Where the supervisor's own problems go besides logs/supervisor.log (default: stderr). */
+  readonly onError?: (line: string) => void;
+}
+
+/** A problem of the supervisor itself (a reconcile that failed), as processes.json carries it. */
+export interface SupervisorError {
+  readonly message: string;
+  readonly atMs: number;
 }
 
 /** What `kmtls status` and `kmtls check` read to find the running mesh. */
@@ -93,6 +102,21 @@ export function httpGet(
   });
 }
 
+/** Whether something accepts TCP connections on host:port. */
+export function isListening(address: string, timeoutMs = 500): Promise<boolean> {
+  const i = address.lastIndexOf(':');
+  return new Promise((resolve) => {
+    const socket = net.connect({ host: address.slice(0, i), port: Number(address.slice(i + 1)) });
+    const done = (up: boolean) => {
+      socket.destroy();
+      resolve(up);
+    };
+    socket.setTimeout(timeoutMs, () => done(false));
+    socket.once('connect', () => done(true));
+    socket.once('error', () => done(false));
+  });
+}
+
 /** Polls `check` until it is true or `timeoutMs` passes; for processes starting up, not for tests' timing. */
 export async function waitUntil(
   check: () => Promise<boolean>,
@@ -121,7 +145,9 @@ export class LocalMesh {
   private readonly kubeProxy = new KubeProxy();
   private readonly pods = new Map<string, RunningPod>();
   private readonly tokens = new BootstrapTokenAuthenticator(randomBytes);
-  private readonly tokenOf = new Map<string, string>();
+  /** Pod key (or `check`) → the token minted for it and the identity it is bound to. */
+  private readonly tokenOf = new Map<string, { identity: string; token: string }>();
+  private reconcileError: SupervisorError | undefined;
   private reconciling: Promise<void> = Promise.resolve();
   private stopped = false;
 
@@ -170,6 +196,7 @@ export class LocalMesh {
       const p = this.processes();
       const body = {
         controlPlane: p.controlPlane,
+        errors: this.reconcileError ? [this.reconcileError] : [],
         pods: Object.fromEntries(
           [...p.pods].map(([k, v]) => [k, [...(v.sidecar ? [v.sidecar] : []), ...v.apps]]),
         ),
@@ -187,12 +214,26 @@ export class LocalMesh {
     this.controlPlane.kill('SIGKILL');
   }
 
+  /**
+   * Starts the control plane, then every pod. If anything fails on the way, whatever was started
+   * is stopped again before the error is thrown.
+   */
   async start(): Promise<void> {
+    try {
+      await this.startAll();
+    } catch (err) {
+      await this.stop().catch(() => {});
+      throw err;
+    }
+  }
+
+  private async startAll(): Promise<void> {
     await mkdir(this.file('logs'), { recursive: true, mode: 0o700 });
     await mkdir(this.file('tokens'), { recursive: true, mode: 0o700 });
     this.source = await DirectorySource.open(this.options.dir);
     const snapshot = buildMeshSnapshot(this.source.current().resources, this.meshOptions());
     this.plan = await planMesh(snapshot, this.alloc);
+    await this.checkSubnetFree();
     await this.writeTokens();
     await this.writePlacement();
     this.controlPlane = new ManagedProcess(
@@ -229,39 +270,118 @@ export class LocalMesh {
       () => this.changed(),
     );
     this.controlPlane.start();
-    const up = await waitUntil(
-      async () => (await httpGet(this.plan.controlPlane.admin, '/ready'))?.status === 200,
-      30_000,
-    );
-    if (!up) {
-      await this.stop();
+    // Ready means: what answers on the address is the control plane we started (its pid) for our
+    // trust domain, not another mesh that holds the same addresses.
+    let stranger: string | undefined;
+    let strangerSeen = 0;
+    const up = await waitUntil(async () => {
+      // A stranger that keeps answering holds the address: our control plane cannot bind it.
+      if (strangerSeen >= 10) return true;
+      const r = await httpGet(this.plan.controlPlane.admin, '/status');
+      if (r?.status !== 200) return false;
+      let s: { pid?: unknown; trustDomain?: unknown; stateDir?: unknown };
+      try {
+        s = JSON.parse(r.body) as typeof s;
+      } catch {
+        return false;
+      }
+      const ours = this.controlPlane.status().pid;
+      if (s.pid === ours && s.trustDomain === this.options.trustDomain) return true;
+      if (s.pid !== ours) {
+        stranger = `pid ${String(s.pid)}${typeof s.stateDir === 'string' ? `, state in ${s.stateDir}` : ''}, trust domain ${String(s.trustDomain)}`;
+        strangerSeen++;
+      } else {
+        stranger = undefined;
+      }
+      return false;
+    }, 30_000);
+    if (!up || strangerSeen >= 10) {
       throw new KmtlsError(
         'KMTLS_LOCAL_START',
-        `the control plane did not become ready; see ${this.file('logs', 'controlplane.log')}`,
+        stranger
+          ? `another control plane answers on ${this.plan.controlPlane.admin} (${stranger}): the addresses of --subnet ${this.options.subnet} are in use; stop that mesh or pass another --subnet`
+          : `the control plane did not become ready; see ${this.file('logs', 'controlplane.log')}`,
       );
     }
     await this.reconcile();
     this.source.subscribe(() => {
-      this.reconciling = this.reconciling.then(() => this.reconcile()).catch(() => {});
+      this.reconciling = this.reconciling
+        .then(() => this.reconcile())
+        .then(
+          () => {
+            if (this.reconcileError) {
+              this.reconcileError = undefined;
+              this.changed();
+            }
+          },
+          (err: unknown) => this.reportReconcileError(err),
+        );
     });
+  }
+
+  /** Something already listens on this subnet's control-plane addresses: another mesh, most likely. */
+  private async checkSubnetFree(): Promise<void> {
+    const { api, admin } = this.plan.controlPlane;
+    const status = await httpGet(admin, '/status', 500);
+    const busy = status
+      ? admin
+      : (await isListening(api))
+        ? api
+        : (await isListening(admin))
+          ? admin
+          : undefined;
+    if (!busy) return;
+    let who = '';
+    try {
+      const s = JSON.parse(status?.body ?? '') as { pid?: unknown; stateDir?: unknown };
+      if (s.pid !== undefined)
+        who = ` (a control plane, pid ${String(s.pid)}${typeof s.stateDir === 'string' ? `, state in ${s.stateDir}` : ''})`;
+    } catch {
+      // Not a kmtls control plane, or not one that says who it is.
+    }
+    throw new KmtlsError(
+      'KMTLS_LOCAL_START',
+      `the addresses of --subnet ${this.options.subnet} (127.${this.options.subnet}.x.y and up) are in use: something already listens on ${busy}${who}; stop that mesh or pass another --subnet`,
+    );
+  }
+
+  /** A reconcile failed: logged (supervisor.log and stderr) and shown in `kmtls status` until one succeeds. */
+  private reportReconcileError(err: unknown): void {
+    const message = `applying the manifests failed: ${err instanceof Error ? err.message : String(err)}`;
+    this.reconcileError = { message, atMs: Date.now() };
+    const line = `${new Date().toISOString()} kmtls up: ${message}\n`;
+    void appendFile(this.file('logs', 'supervisor.log'), line, { mode: 0o600 }).catch(() => {});
+    (this.options.onError ?? ((l: string) => process.stderr.write(l)))(line);
+    this.changed();
   }
 
   private meshOptions() {
     return { trustDomain: this.options.trustDomain, rootNamespace: this.options.rootNamespace };
   }
 
-  /** Mints (once per pod) the bootstrap token bound to the pod's identity; the control plane reads the digests. */
+  /**
+   * Mints the bootstrap token of each pod with a sidecar, bound to the pod's identity: once per pod
+   * and identity (a pod whose identity changes, say its serviceAccountName was edited, gets a new
+   * token and the old one is revoked), and revokes the tokens of pods that are gone. The control
+   * plane reads the digests from tokens.json, rewritten every time.
+   */
   private async writeTokens(): Promise<void> {
-    const want: [string, string][] = this.plan.pods
-      .filter((p) => p.sidecar && p.identity)
-      .map((p) => [p.key, p.identity!]);
-    want.push(['check', `spiffe://${this.options.trustDomain}/ns/kmtls-system/sa/${CHECK_IDENTITY_SA}`]);
+    const want = new Map<string, string>(
+      this.plan.pods.filter((p) => p.sidecar && p.identity).map((p) => [p.key, p.identity!]),
+    );
+    want.set('check', `spiffe://${this.options.trustDomain}/ns/kmtls-system/sa/${CHECK_IDENTITY_SA}`);
+    for (const [key, held] of [...this.tokenOf]) {
+      if (want.get(key) === held.identity) continue;
+      this.tokens.revoke(held.token);
+      this.tokenOf.delete(key);
+      if (!want.has(key)) await rm(this.tokenFile(key), { force: true });
+    }
     for (const [key, uri] of want) {
       if (this.tokenOf.has(key)) continue;
       const id = parseSpiffeId(uri);
       if (!id.ok) continue;
       const token = this.tokens.mint(id.id);
-      this.tokenOf.set(key, token);
+      this.tokenOf.set(key, { identity: uri, token });
       await writeFileAtomic(this.tokenFile(key), Buffer.from(`${token}\n`), 0o600);
     }
     await writeFileAtomic(
@@ -332,17 +452,9 @@ export class LocalMesh {
     this.changed();
   }
 
-  /** What, if changed, needs the pod's processes restarted (policies never do). */
+  /** What, if changed, needs the pod's processes restarted: see restartFingerprint. */
   private fingerprint(p: LocalPod): string {
-    return JSON.stringify({
-      sidecar: p.sidecar,
-      identity: p.identity,
-      containers: p.containers.map((c) => ({
-        command: c.command,
-        args: c.args,
-        env: containerEnv(this.plan, p, c),
-      })),
-    });
+    return restartFingerprint(this.plan, p);
   }
 
   private async startPod(p: LocalPod): Promise<void> {

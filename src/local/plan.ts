@@ -295,3 +295,23 @@ export function expandVars(text: string, env: Readonly<Record<string, string>>):
     return name !== undefined && env[name] !== undefined ? env[name] : m;
   });
 }
+
+/**
+ * What, if changed, needs a pod's processes restarted: its sidecar flag, its identity, and each
+ * container's command, args and environment, without KMTLS_SERVICES. Policies never restart a pod,
+ * nor do Services elsewhere: as in Kubernetes, a pod keeps the environment it started with, so a
+ * new Service reaches a running application only through its address (its VIP, or its outbound
+ * listener); the KMTLS_SERVICES map an application reads at start is refreshed at its next restart.
+ * Service variables of the pod's own namespace (`WEB_SERVICE_HOST`...) are part of the environment
+ * and do restart it.
+ */
+export function restartFingerprint(plan: LocalPlan, pod: LocalPod): string {
+  return JSON.stringify({
+    sidecar: pod.sidecar,
+    identity: pod.identity,
+    containers: pod.containers.map((c) => {
+      const { KMTLS_SERVICES: _all, ...env } = containerEnv(plan, pod, c);
+      return { command: c.command, args: c.args, env };
+    }),
+  });
+}

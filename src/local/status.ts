@@ -61,6 +61,8 @@ export interface MeshStatus {
     readonly certificatesIssued: number | undefined;
   };
   readonly controlPlaneProcess: ProcessInfo | undefined;
+  /** Problems of `kmtls up` itself (a reconcile that failed), until the next one succeeds. */
+  readonly supervisorErrors?: readonly { message: string; atMs: number }[];
   readonly lastChange: ControlPlaneStatus['lastChange'];
   readonly errors: ControlPlaneStatus['errors'];
   readonly pods: readonly PodView[];
@@ -80,7 +82,11 @@ async function getJson<T>(address: string | undefined, pathname: string): Promis
 /** The running local mesh as data: the control plane's view joined with each sidecar's own. */
 export async function collectStatus(info: RuntimeInfo): Promise<MeshStatus> {
   const cp = await getJson<ControlPlaneStatus>(info.controlPlane.admin, '/status');
-  let procs: { controlPlane?: ProcessInfo; pods?: Record<string, ProcessInfo[]> } = {};
+  let procs: {
+    controlPlane?: ProcessInfo;
+    pods?: Record<string, ProcessInfo[]>;
+    errors?: { message: string; atMs: number }[];
+  } = {};
   try {
     procs = JSON.parse(await readFile(path.join(info.stateDir, 'processes.json'), 'utf8')) as typeof procs;
   } catch {
@@ -155,6 +161,7 @@ export async function collectStatus(info: RuntimeInfo): Promise<MeshStatus> {
       certificatesIssued: cp?.certificatesIssued,
     },
     controlPlaneProcess: procs.controlPlane,
+    supervisorErrors: procs.errors ?? [],
     lastChange: cp?.lastChange,
     errors: cp?.errors ?? [],
     pods,
@@ -254,6 +261,10 @@ export function formatStatus(s: MeshStatus): string {
         `  ${p.name}: ${p.state}${p.restarts > 0 ? `, restarted ${p.restarts}×` : ''}${p.lastExit ? ` (last ${p.lastExit})` : ''}`,
       );
     }
+  }
+  if ((s.supervisorErrors ?? []).length > 0) {
+    lines.push('', 'kmtls up errors (see logs/supervisor.log):');
+    for (const e of s.supervisorErrors ?? []) lines.push(`  ${new Date(e.atMs).toISOString()} ${e.message}`);
   }
   if (s.errors.length > 0) {
     lines.push('', 'manifest errors:');

@@ -31,6 +31,8 @@ export interface PodInstance {
 /** A pod with the address the network gave it. */
 export interface PlacedPod extends PodInstance {
   readonly podIP: string;
+  /** A pod that is not Ready is no endpoint of its Services (it still gets its own config). */
+  readonly ready?: boolean;
 }
 
 /** Where a pod's parts listen, decided by whoever runs the pods. */
@@ -199,11 +201,22 @@ export function deriveProxyConfig(
       namespace: w.meta.namespace,
       labels: w.meta.labels,
     });
+    // portLevelMtls entries for ports no container declares: the passthrough applies them too.
+    const declared = new Set(w.ports.map((p) => p.port));
+    const portModes: NonNullable<ProxyConfig['interception']>['portModes'] = {};
+    for (const port of effective.workloadPolicy?.portLevelMtls?.keys() ?? []) {
+      if (declared.has(port)) continue;
+      portModes[String(port)] = {
+        mode: effectiveModeForPort(effective, port),
+        policy: decidingPolicy(chainOf(effective, port)),
+      };
+    }
     interception = {
       inbound: transparent.inbound,
       outbound: transparent.outbound,
       defaultMode: effective.workloadMode,
       defaultPolicy: decidingPolicy(chainOf(effective)),
+      ...(Object.keys(portModes).length > 0 ? { portModes } : {}),
     };
   }
   const admin = addressing.adminAddress(pod);
@@ -274,6 +287,7 @@ function outboundFor(
     if (!ep) continue;
     if (ep.workload.identity && ep.workload.membership.inMesh) identities.add(ep.workload.identity.uri);
     for (const p of podsOf.get(ep.workload) ?? []) {
+      if (p.ready === false) continue;
       list.push({ address: `${p.podIP}:${ep.port}`, tls: v.clientTls, workload: `${p.namespace}/${p.name}` });
     }
   }

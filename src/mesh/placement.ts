@@ -15,6 +15,8 @@ export const placedPodSchema = z.strictObject({
   podIP: z.string(),
   /** Whether a sidecar runs beside the application. */
   sidecar: z.boolean(),
+  /** Whether the pod is Ready: only ready pods are endpoints of Services (default true). */
+  ready: z.boolean().optional(),
   /** containerPort → where the application listens. */
   apps: z.record(z.string().regex(/^\d+$/), address),
   /** The sidecar's admin endpoint. */

@@ -34,11 +34,23 @@ export const interceptionSchema = z.strictObject({
   outbound: address,
   /**
    * Inbound ports no `inbound` entry declares: the workload-level mode (what the policy core gives a
-   * port no portLevelMtls names), forwarded to 127.0.0.1:PORT. PERMISSIVE when absent, Istio's default.
+   * port no portLevelMtls names), forwarded to the original destination (the pod's IP) on the same
+   * port, from 127.0.0.6. PERMISSIVE when absent, Istio's default.
    */
   defaultMode: mode.default('PERMISSIVE'),
   /** The policy that decided `defaultMode`, for logs and metrics. */
   defaultPolicy: z.string().default('default'),
+  /**
+   * Undeclared ports the workload policy's portLevelMtls names, by port number: their own mode and
+   * deciding policy, which win over `defaultMode` (Istio's port-level override applies to every port
+   * the sidecar intercepts, not only to container ports).
+   */
+  portModes: z
+    .record(
+      z.string().regex(/^[1-9][0-9]{0,4}$/, 'a port number'),
+      z.strictObject({ mode, policy: z.string().default('default') }),
+    )
+    .optional(),
 });
 const protocol = z.enum(['tcp', 'http']).default('tcp');
 const spiffe = z.string().startsWith('spiffe://');
@@ -51,7 +63,11 @@ export const inboundPortSchema = z.strictObject({
    * inbound listener takes the port's connections and this is not used.
    */
   listen: address.optional(),
-  /** Where the application listens (127.0.0.1:PORT). */
+  /**
+   * Where the application listens (127.0.0.1:PORT locally; podIP:PORT in a cluster). With
+   * `interception` only its port is used: the address is the connection's original destination
+   * (the pod's IP), reached from 127.0.0.6, never 127.0.0.1.
+   */
   forward: address,
   mode,
   protocol,

@@ -203,6 +203,14 @@ export function selfSignedMaterial(
 }
 
 /**
+ * The control plane's own identity in the default `kmtls-system` namespace; the same string as
+ * `controlPlaneIdentity` in src/mesh/placement.ts (not imported: pki does not depend on mesh).
+ */
+function defaultReservedIdentity(trustDomain: string): string {
+  return `spiffe://${trustDomain}/ns/kmtls-system/sa/kmtls-controlplane`;
+}
+
+/**
  * The mesh certificate authority: signs workload certificates for authenticated callers. Pure
  * apart from the OpenSSL signature: time and randomness are injected; it reads and writes nothing.
  */
@@ -213,9 +221,19 @@ export class CertificateAuthority {
   private readonly serialBytes: RandomBytes;
   private readonly chainTail: readonly Buffer[];
   private readonly chainTailPem: string;
+  private readonly reserved: ReadonlySet<string>;
 
-  constructor(material: CaMaterial, deps: { clock: Clock; random: RandomBytes }) {
+  /**
+   * `reservedIdentities`: SPIFFE IDs issued only to the `operator` (the control plane's own
+   * serving certificate), never to a workload, since sidecars pin them to recognise the control
+   * plane. Default: the control plane's identity in `kmtls-system` for the material's trust domain.
+   */
+  constructor(
+    material: CaMaterial,
+    deps: { clock: Clock; random: RandomBytes; reservedIdentities?: readonly string[] },
+  ) {
     this.material = material;
+    this.reserved = new Set(deps.reservedIdentities ?? [defaultReservedIdentity(material.trustDomain)]);
     this.clock = deps.clock;
     this.random = deps.random;
     this.serialBytes = pooledRandom(deps.random);
@@ -289,6 +307,12 @@ export class CertificateAuthority {
         throw new KmtlsError(
           'KMTLS_PKI_UNKNOWN_TRUST_DOMAIN',
           `identity outside this CA's trust domain: ${id.uri} (the CA issues for ${this.material.trustDomain})`,
+        );
+      }
+      if (this.reserved.has(id.uri) && caller.method !== 'operator') {
+        throw new KmtlsError(
+          'KMTLS_PKI_BAD_IDENTITY',
+          `identity reserved for the control plane: ${id.uri} is never issued to a workload (caller authenticated by ${caller.method}); sidecars trust it as the control plane`,
         );
       }
     }

@@ -26,6 +26,29 @@ export interface ControlPlaneClientOptions {
   readonly applyConfig: (config: ProxyConfig) => Promise<void>;
   readonly setIdentity: (identity: ProxyIdentity) => void;
   readonly random?: () => number;
+  /**
+   * A config stream that brings nothing (no config, no heartbeat) for this long is taken for dead
+   * (a half-open connection: the control-plane node went away) and dropped; the client reconnects
+   * with backoff. Default {@link DEFAULT_STREAM_IDLE_TIMEOUT_MS}, three of the server's heartbeats.
+   */
+  readonly streamIdleTimeoutMs?: number;
+}
+
+/** Three of the control plane's heartbeat intervals (15 s). */
+export const DEFAULT_STREAM_IDLE_TIMEOUT_MS = 45_000;
+/** TCP keepalive probes on the config stream start after this long without traffic. */
+const STREAM_KEEPALIVE_MS = 15_000;
+
+/** The control plane answered, and not with 200: the status and its error code are kept. */
+export class ControlPlaneRefusal extends KmtlsError {
+  constructor(
+    readonly status: number,
+    /** The `code` of the control plane's JSON error body, if it had one. */
+    readonly serverCode: string | undefined,
+    message: string,
+  ) {
+    super('KMTLS_CP_UNREACHABLE', message);
+  }
 }
 
 export interface ControlPlaneClientStatus {
@@ -86,12 +109,16 @@ export function callControlPlane(
         const text = Buffer.concat(chunks).toString('utf8');
         if (res.statusCode === 200) return resolve(text);
         let message = text;
+        let serverCode: string | undefined;
         try {
-          message = (JSON.parse(text) as { error?: string }).error ?? text;
+          const parsed = JSON.parse(text) as { error?: string; code?: unknown };
+          message = parsed.error ?? text;
+          if (typeof parsed.code === 'string') serverCode = parsed.code;
         } catch {}
         reject(
-          new KmtlsError(
-            'KMTLS_CP_UNREACHABLE',
+          new ControlPlaneRefusal(
+            res.statusCode ?? 0,
+            serverCode,
             `control plane answered ${res.statusCode}: ${message.trim()}`,
           ),
         );
@@ -113,9 +140,18 @@ export function callControlPlane(
   });
 }
 
+/** The control plane refused a certificate as unproven (403, or KMTLS_PKI_UNAUTHENTICATED). */
+function refusedAsUnauthenticated(err: unknown): boolean {
+  if (err instanceof ControlPlaneRefusal)
+    return err.status === 403 || err.serverCode === 'KMTLS_PKI_UNAUTHENTICATED';
+  return err instanceof KmtlsError && err.code === 'KMTLS_PKI_UNAUTHENTICATED';
+}
+
 /**
  * A new key, made here, and a certificate for it: with the bootstrap token when there is no valid
- * current certificate, else with the certificate itself. The CA issues for whoever that proves.
+ * current certificate, else with the certificate itself. The CA issues for whoever that proves. A
+ * renewal refused as unproven although the certificate is still valid (the control plane no longer
+ * trusts its root, after a root change) is tried once more with the bootstrap token, if there is one.
  */
 export async function requestCertificate(
   link: ControlPlaneLink,
@@ -126,18 +162,36 @@ export async function requestCertificate(
   const der = createCsr(privateKey).toString('base64');
   const csrPem = `-----BEGIN CERTIFICATE REQUEST-----\n${der.match(/.{1,64}/g)!.join('\n')}\n-----END CERTIFICATE REQUEST-----\n`;
   const current = link.identity && link.identity.notAfter.getTime() > nowMs ? link.identity : undefined;
-  const headers: Record<string, string> = { 'content-type': 'application/json' };
-  if (!current) {
+  const withToken = async (): Promise<string> => {
     if (!token) throw new KmtlsError('KMTLS_PKI_UNAUTHENTICATED', 'no certificate and no bootstrap token');
-    headers.authorization = `Bearer ${await token()}`;
+    return callControlPlane(
+      { ...link, identity: undefined },
+      'POST',
+      CP_PATHS.sign,
+      JSON.stringify({ csr: csrPem }),
+      {
+        'content-type': 'application/json',
+        authorization: `Bearer ${await token()}`,
+      },
+    );
+  };
+  let body: string;
+  if (!current) {
+    body = await withToken();
+  } else {
+    try {
+      body = await callControlPlane(
+        { ...link, identity: current },
+        'POST',
+        CP_PATHS.sign,
+        JSON.stringify({ csr: csrPem }),
+        { 'content-type': 'application/json' },
+      );
+    } catch (err) {
+      if (!token || !refusedAsUnauthenticated(err)) throw err;
+      body = await withToken();
+    }
   }
-  const body = await callControlPlane(
-    { ...link, identity: current },
-    'POST',
-    CP_PATHS.sign,
-    JSON.stringify({ csr: csrPem }),
-    headers,
-  );
   const parsed = JSON.parse(body) as { certChain: string; roots: string };
   const keyPem = privateKey.export({ format: 'pem', type: 'pkcs8' }).toString();
   const identity = buildIdentity({ chainPem: parsed.certChain, keyPem, bundlePem: parsed.roots });
@@ -214,7 +268,13 @@ export class ControlPlaneClient {
         const done = this.firstCert;
         this.firstCert = undefined;
         done?.(true);
-        if (!this.request && !this.stopped) this.connect();
+        // A stream that is up stays up; one waiting for its retry is tried now, with the new
+        // certificate, instead of alongside the retry (which would leave two streams).
+        if (!this.request && !this.stopped) {
+          if (this.retryTimer) clearTimeout(this.retryTimer);
+          this.retryTimer = undefined;
+          this.connect();
+        }
       },
       onError: (f) => {
         this.lastError = f.error.message;
@@ -257,16 +317,20 @@ export class ControlPlaneClient {
   }
 
   private connect(): void {
-    const path = `${CP_PATHS.config}?pod=${encodeURIComponent(this.options.pod)}`;
+    // `heartbeat=1`: this client skips heartbeat lines (older sidecars would log them as bad configs).
+    const path = `${CP_PATHS.config}?pod=${encodeURIComponent(this.options.pod)}&heartbeat=1`;
+    const idleMs = this.options.streamIdleTimeoutMs ?? DEFAULT_STREAM_IDLE_TIMEOUT_MS;
     const req = https.request({ ...tlsOptionsFor(this.link()), method: 'GET', path }, (res) => {
       if (res.statusCode !== 200) {
         const chunks: Buffer[] = [];
         res.on('data', (c: Buffer) => chunks.push(c));
         res.on('end', () =>
           this.lost(
+            req,
             `config stream refused (${res.statusCode}): ${Buffer.concat(chunks).toString('utf8').trim()}`,
           ),
         );
+        res.on('error', () => {});
         return;
       }
       this.connected = true;
@@ -286,10 +350,18 @@ export class ControlPlaneClient {
           nl = buffered.indexOf('\n');
         }
       });
-      res.on('close', () => this.lost('config stream closed'));
+      res.on('close', () => this.lost(req, 'config stream closed'));
       res.on('error', () => {});
     });
-    req.on('error', (err) => this.lost(err.message));
+    // The control plane writes a heartbeat line every few seconds: a socket silent for longer than
+    // the idle timeout (connecting included) is a dead peer whose FIN never came. Keepalive probes let
+    // the kernel notice too.
+    req.on('socket', (socket) => socket.setKeepAlive(true, STREAM_KEEPALIVE_MS));
+    req.setTimeout(idleMs, () => {
+      this.lost(req, `config stream silent for ${formatDuration(idleMs)} (no heartbeat); reconnecting`);
+      req.destroy();
+    });
+    req.on('error', (err) => this.lost(req, err.message));
     req.end();
     this.request = req;
   }
@@ -317,7 +389,7 @@ export class ControlPlaneClient {
   }
 
   private async receive(line: string): Promise<void> {
-    let message: { version?: unknown; config?: unknown; roots?: unknown };
+    let message: { version?: unknown; config?: unknown; roots?: unknown; heartbeat?: unknown };
     try {
       message = JSON.parse(line) as typeof message;
     } catch {
@@ -327,6 +399,8 @@ export class ControlPlaneClient {
       );
       return;
     }
+    // Heartbeats, and whatever later control planes add that carries no config, are not configs.
+    if (message === null || typeof message !== 'object' || message.config === undefined) return;
     if (typeof message.roots === 'string') this.updateTrustBundle(message.roots);
     const r = parseProxyConfig(message.config);
     if (!r.ok) {
@@ -361,10 +435,9 @@ export class ControlPlaneClient {
     }
   }
 
-  private lost(why: string): void {
-    if (this.request === undefined && !this.connected) {
-      // Already handled for this attempt.
-    }
+  /** The stream `req` is gone; a late event from an earlier stream changes nothing. */
+  private lost(req: ReturnType<typeof https.request>, why: string): void {
+    if (req !== this.request) return;
     this.request = undefined;
     if (this.connected) this.disconnectedSinceMs = this.options.clock.now();
     this.connected = false;

@@ -28,6 +28,15 @@ export function handshakeReason(err: Error & { code?: string }): RefusalReason {
  * accepts to the application. STRICT never opens a connection to the application before the peer's
  * certificate has been verified, so no plaintext byte ever reaches it.
  */
+/**
+ * Transparent mode: where one connection reaches the application (the original destination's
+ * address, i.e. the pod's IP, on the port's forward port) and the source address it uses.
+ */
+export interface InboundTarget {
+  readonly forward: string;
+  readonly localAddress?: string;
+}
+
 /** A bounded memory of verified chains by leaf certificate (oldest forgotten first). */
 class ChainMemory {
   private readonly byLeaf = new Map<string, Buffer[]>();
@@ -54,6 +63,8 @@ export class InboundListener {
   private readonly live = new Set<LiveConnection>();
   /** Chains clients presented in full handshakes, by leaf, for their resumed sessions. */
   private readonly knownChains = new ChainMemory();
+  /** Transparent mode: the source address each connection reaches the application from. */
+  private readonly sources = new WeakMap<ConnectionRecord, string>();
 
   constructor(
     private port: InboundPortConfig,
@@ -112,11 +123,15 @@ export class InboundListener {
    * Takes one connection for this port. `fixed` pins the port's config for the whole connection (the
    * transparent passthrough: one handler for every undeclared port, each connection with its own port
    * and forward address); without it the port's current config decides, as on its own listener.
+   * `target` (transparent mode) replaces the forward address and sets the source address.
    */
-  handle(socket: net.Socket, fixed?: InboundPortConfig): void {
+  handle(socket: net.Socket, fixed?: InboundPortConfig, target?: InboundTarget): void {
     const rt = this.runtime;
-    const port = fixed ?? this.port;
-    const portOf = fixed ? () => fixed : () => this.port;
+    // Transparent mode: the application is reached at the connection's own target (the pod's IP).
+    const retarget = (p: InboundPortConfig): InboundPortConfig =>
+      target ? { ...p, forward: target.forward } : p;
+    const port = retarget(fixed ?? this.port);
+    const portOf = fixed ? () => port : () => retarget(this.port);
     const limits = rt.config().limits;
     const record: ConnectionRecord = {
       id: rt.nextId(),
@@ -130,6 +145,7 @@ export class InboundListener {
       bytesSent: 0,
       startMs: rt.clock.now(),
     };
+    if (target?.localAddress) this.sources.set(record, target.localAddress);
     let ended = false;
     const live: LiveConnection = {
       record,
@@ -353,8 +369,14 @@ export class InboundListener {
     this.runtime.observer.connectionOpened(record);
     // HTTP ports: every request goes through the HTTP layer, so a client's own XFCC header is always
     // removed; TLS we cannot read (the application's own) is forwarded untouched.
+    const localAddress = this.sources.get(record);
     if (port.protocol === 'http' && record.transport !== 'app-tls' && record.transport !== 'tls') {
-      (stream as net.Socket & { kmtls?: unknown }).kmtls = { record, mtls, forward: port.forward };
+      (stream as net.Socket & { kmtls?: unknown }).kmtls = {
+        record,
+        mtls,
+        forward: port.forward,
+        localAddress,
+      };
       stream.on('close', () => finish('accepted'));
       // A client that ended before sending a request (at most a fragment of a ClientHello, which
       // is no HTTP) will send none: end our side too, or the half-open socket would stay forever.
@@ -364,7 +386,12 @@ export class InboundListener {
       return;
     }
     const { host, port: appPort } = parseAddress(port.forward);
-    const upstream = net.connect({ host, port: appPort, allowHalfOpen: true });
+    const upstream = net.connect({
+      host,
+      port: appPort,
+      allowHalfOpen: true,
+      ...(localAddress ? { localAddress } : {}),
+    });
     const unreachable = (err: Error) =>
       finish('refused', 'UPSTREAM_UNREACHABLE', `application at ${port.forward}: ${err.message}`);
     upstream.once('error', unreachable);
@@ -394,6 +421,7 @@ export class InboundListener {
           record: ConnectionRecord;
           mtls?: { identity: ProxyIdentity; peerCertificate: Buffer };
           forward: string;
+          localAddress?: string;
         };
       }
     ).kmtls;
@@ -407,7 +435,15 @@ export class InboundListener {
     }
     const { host, port } = parseAddress(forward);
     const upstream = http.request(
-      { host, port, method: req.method, path: req.url, headers, agent: this.agent },
+      {
+        host,
+        port,
+        method: req.method,
+        path: req.url,
+        headers,
+        agent: this.agent,
+        ...(ctx?.localAddress ? { localAddress: ctx.localAddress } : {}),
+      },
       (upRes) => {
         res.writeHead(upRes.statusCode ?? 502, upRes.statusMessage, upRes.headers);
         upRes.pipe(res);

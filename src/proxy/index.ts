@@ -8,7 +8,13 @@ export type {
   ControlPlaneLink,
   FetchedCert,
 } from './cp-client.js';
-export { ControlPlaneClient, callControlPlane, requestCertificate } from './cp-client.js';
+export {
+  ControlPlaneClient,
+  ControlPlaneRefusal,
+  callControlPlane,
+  DEFAULT_STREAM_IDLE_TIMEOUT_MS,
+  requestCertificate,
+} from './cp-client.js';
 export type { Detection } from './detect.js';
 export { detectTransport } from './detect.js';
 export type { ConnectionRecord, ProxyObserver, RefusalReason, RequestRecord, Transport } from './events.js';

@@ -6,7 +6,7 @@ export interface PortTally {
   plaintext: number;
   other: number;
   refused: number;
-  /** Source IP → connections carried in plaintext (or raw) from it. */
+  /** Source IP → connections carried in plaintext (or raw) from it; `other` past 256 IPs. */
   readonly plaintextSources: Record<string, number>;
   /** Refusal reason → count. */
   readonly refusedBy: Record<string, number>;
@@ -15,14 +15,21 @@ export interface PortTally {
 /**
  * What the admin endpoint shows under /connections: the last connections (a bounded ring) and, per
  * inbound port, counts by transport with the plaintext callers by source address, the data a
- * migration to STRICT needs ("who would break?").
+ * migration to STRICT needs ("who would break?"). Bounded: 256 ports and 256 source IPs per port,
+ * the rest folded into an `other` port and an `other` source.
  */
 export class RecentConnections implements ProxyObserver {
   private readonly ring: ConnectionRecord[] = [];
   private readonly ports = new Map<number, PortTally>();
   outbound = { mtls: 0, plaintext: 0, other: 0, refused: 0 };
 
-  constructor(private readonly size = 256) {}
+  constructor(
+    private readonly size = 256,
+    /** At most this many ports get a tally of their own; the rest share the `other` one. */
+    private readonly maxPorts = 256,
+    /** At most this many source IPs per port; the rest are counted under `other`. */
+    private readonly maxSources = 256,
+  ) {}
 
   connectionOpened(): void {}
 
@@ -36,10 +43,12 @@ export class RecentConnections implements ProxyObserver {
       else this.outbound.other++;
       return;
     }
-    let t = this.ports.get(c.port);
+    // A port scan must not grow memory without bound: ports past the cap fold into one tally.
+    const key = this.ports.has(c.port) || this.ports.size < this.maxPorts ? c.port : OTHER_PORT;
+    let t = this.ports.get(key);
     if (!t) {
       t = { mtls: 0, plaintext: 0, other: 0, refused: 0, plaintextSources: {}, refusedBy: {} };
-      this.ports.set(c.port, t);
+      this.ports.set(key, t);
     }
     if (c.outcome === 'refused') {
       t.refused++;
@@ -48,8 +57,10 @@ export class RecentConnections implements ProxyObserver {
     } else if (c.transport === 'mtls') t.mtls++;
     else if (c.transport === 'plaintext' || c.transport === 'raw') {
       t.plaintext++;
-      const ip = sourceIp(c.sourceAddress);
-      t.plaintextSources[ip] = (t.plaintextSources[ip] ?? 0) + 1;
+      let ip = sourceIp(c.sourceAddress);
+      const sources = t.plaintextSources;
+      if (!Object.hasOwn(sources, ip) && Object.keys(sources).length >= this.maxSources) ip = OTHER;
+      sources[ip] = (sources[ip] ?? 0) + 1;
     } else t.other++;
   }
 
@@ -61,12 +72,16 @@ export class RecentConnections implements ProxyObserver {
     recent: ConnectionRecord[];
   } {
     return {
-      inbound: Object.fromEntries([...this.ports].map(([p, t]) => [String(p), t])),
+      inbound: Object.fromEntries([...this.ports].map(([p, t]) => [p === OTHER_PORT ? OTHER : String(p), t])),
       outbound: this.outbound,
       recent: [...this.ring],
     };
   }
 }
+
+/** The bucket of ports, and of source IPs, past the caps. */
+const OTHER = 'other';
+const OTHER_PORT = -1;
 
 function sourceIp(address: string): string {
   const i = address.lastIndexOf(':');

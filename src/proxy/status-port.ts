@@ -76,8 +76,26 @@ export interface StatusServerOptions {
   readonly probers: AppProbers;
   /** Whether the sidecar can serve mesh traffic (a certificate and a config are loaded). */
   readonly ready: () => boolean;
-  /** Where the application listens; the probes are run against it. */
+  /**
+   * Where the probes are run: the pod's IP, as the kubelet would have probed it. Defaults to the
+   * POD_IP env var (the injector sets it from status.podIP), else 127.0.0.1.
+   */
   readonly appHost?: string;
+}
+
+/** The pod's IP from the POD_IP env var, else 127.0.0.1 (outside a pod). */
+export function defaultAppHost(env: NodeJS.ProcessEnv = process.env): string {
+  const ip = env.POD_IP?.trim();
+  return ip && net.isIP(ip) ? ip : '127.0.0.1';
+}
+
+/**
+ * The source address of a probe: a probe of the pod's IPv4 address leaves from 127.0.0.6 (Istio's
+ * prober does the same), which the interception rules never redirect, so a probe of a STRICT port is
+ * not refused as plaintext by the sidecar's own inbound side.
+ */
+function probeSource(appHost: string): { localAddress?: string } {
+  return net.isIPv4(appHost) && !appHost.startsWith('127.') ? { localAddress: '127.0.0.6' } : {};
 }
 
 /** The outcome of one application probe: the status the kubelet sees, and why. */
@@ -90,10 +108,10 @@ export interface ProbeResult {
  * The sidecar's status port (15020): the kubelet's probes land here because the status port is not
  * captured by iptables and speaks plaintext, while the application's ports are STRICT. `GET
  * /healthz/ready` reports the sidecar; `GET /app-health/<container>/<kind>` runs the application's
- * original probe against it on `appHost` and answers what the kubelet would have concluded.
+ * original probe against the pod's IP (`appHost`) and answers what the kubelet would have concluded.
  */
 export function startStatusServer(options: StatusServerOptions): Promise<http.Server> {
-  const appHost = options.appHost ?? '127.0.0.1';
+  const appHost = options.appHost ?? defaultAppHost();
   const server = http.createServer((req, res) => {
     const send = (status: number, text: string) => {
       res.writeHead(status, { 'content-type': 'text/plain' });
@@ -160,6 +178,7 @@ function probeHttp(
       ...(get.scheme === 'HTTPS' ? { rejectUnauthorized: false } : {}),
       agent: false,
       timeout: timeoutMs,
+      ...probeSource(appHost),
     });
     req.once('response', (res) => {
       res.resume();
@@ -178,7 +197,7 @@ function probeHttp(
 
 function probeTcp(port: number, appHost: string, timeoutMs: number): Promise<ProbeResult> {
   return new Promise((resolve) => {
-    const socket = net.connect({ host: appHost, port, timeout: timeoutMs });
+    const socket = net.connect({ host: appHost, port, timeout: timeoutMs, ...probeSource(appHost) });
     socket.once('connect', () => {
       socket.destroy();
       resolve({ status: 200, detail: `TCP port ${port}: connected` });
@@ -256,7 +275,11 @@ function probeGrpc(port: number, service: string, appHost: string, timeoutMs: nu
   const what = `gRPC health check${service ? ` of ${JSON.stringify(service)}` : ''} on port ${port}`;
   return new Promise((resolve) => {
     let settled = false;
-    const session = http2.connect(`http://${hostPort(appHost, port)}`);
+    const source = probeSource(appHost);
+    const session = http2.connect(
+      `http://${hostPort(appHost, port)}`,
+      source.localAddress ? { createConnection: () => net.connect({ host: appHost, port, ...source }) } : {},
+    );
     const finish = (status: number, detail: string) => {
       if (settled) return;
       settled = true;

@@ -12,15 +12,103 @@ export function destinationKey(d: OriginalDestination): string {
   return d.address.includes(':') ? `[${d.address}]:${d.port}` : `${d.address}:${d.port}`;
 }
 
-/** The config an undeclared inbound port gets: the workload-level mode, forwarded to 127.0.0.1:PORT. */
-export function passthroughPort(interception: InterceptionConfig, port: number): InboundPortConfig {
+/**
+ * Istio's InboundPassthroughClusterIpv4 source: the sidecar reaches the application at the pod's own
+ * address from 127.0.0.6, which the interception rules never redirect again (kube/iptables.ts).
+ */
+export const INBOUND_SOURCE_IPV4 = '127.0.0.6';
+
+/** The proxy's well-known ports (Istio's admin, outbound, inbound, status, health). */
+export const WELL_KNOWN_PROXY_PORTS = [15000, 15001, 15006, 15020, 15021] as const;
+
+/** `HOST:PORT` with IPv6 in brackets. */
+function hostPort(host: string, port: number): string {
+  return host.includes(':') ? `[${host}]:${port}` : `${host}:${port}`;
+}
+
+/** `::ffff:10.0.0.2` → `10.0.0.2`: a dual-stack socket names IPv4 peers that way. */
+function plainIp(address: string | undefined): string {
+  const a = address ?? '';
+  return a.toLowerCase().startsWith('::ffff:') && a.includes('.') ? a.slice(7) : a;
+}
+
+function isLoopback(address: string): boolean {
+  return address.startsWith('127.') || address === '::1';
+}
+
+/**
+ * The config an undeclared inbound port gets: the port-level mode when the workload policy's
+ * portLevelMtls names the port (`portModes`), else the workload-level mode; forwarded to
+ * `HOST:PORT`. The transparent listener then replaces HOST by the connection's original destination
+ * address (the pod's IP, see {@link inboundTarget}), never 127.0.0.1, so loopback-only listeners
+ * stay unreachable from the network.
+ */
+export function passthroughPort(
+  interception: InterceptionConfig,
+  port: number,
+  host = '127.0.0.1',
+): InboundPortConfig {
+  const own = interception.portModes?.[String(port)];
   return {
     port,
-    forward: `127.0.0.1:${port}`,
-    mode: interception.defaultMode,
+    forward: hostPort(host, port),
+    mode: own?.mode ?? interception.defaultMode,
     protocol: 'tcp',
-    policy: interception.defaultPolicy,
+    policy: own?.policy ?? interception.defaultPolicy,
   };
+}
+
+/**
+ * Where a transparent inbound connection goes: the original destination's address (the pod's IP) on
+ * the port `forward` names, from 127.0.0.6 (IPv4) so that the rules let it reach the application.
+ */
+export function inboundTarget(
+  dst: OriginalDestination,
+  forward: string,
+): { forward: string; localAddress?: string } {
+  const i = forward.lastIndexOf(':');
+  const port = Number(forward.slice(i + 1)) || dst.port;
+  const host = plainIp(dst.address);
+  return {
+    forward: hostPort(host, port),
+    ...(net.isIPv4(host) ? { localAddress: INBOUND_SOURCE_IPV4 } : {}),
+  };
+}
+
+/**
+ * Why a connection must not be dispatched because it would come straight back to the sidecar: its
+ * original destination is the socket's own address (it was dialled at the interception port itself;
+ * with conntrack loaded SO_ORIGINAL_DST then returns the local address instead of failing), or one of
+ * the proxy's own ports. Inbound, every original destination is this pod, so the port alone decides;
+ * outbound, a proxy port counts only on a local address (another pod's 15020 is a fine destination).
+ */
+export function loopReason(
+  socket: net.Socket,
+  dst: OriginalDestination,
+  direction: 'inbound' | 'outbound',
+  ownPorts: ReadonlySet<number>,
+): string | undefined {
+  const address = plainIp(dst.address);
+  const local = plainIp(socket.localAddress);
+  if (address === local && dst.port === socket.localPort)
+    return `the original destination ${hostPort(address, dst.port)} is the interception listener itself: it was dialled directly, not redirected`;
+  if (!ownPorts.has(dst.port)) return undefined;
+  if (direction === 'inbound' || address === local || isLoopback(address))
+    return `the original destination ${hostPort(address, dst.port)} is one of the proxy's own ports: refused, it would loop back to the sidecar`;
+  return undefined;
+}
+
+/** The proxy's own listener ports: the interception ports, admin, and the well-known ones. */
+export function proxyPorts(config: {
+  interception?: InterceptionConfig | undefined;
+  admin?: string | undefined;
+}): Set<number> {
+  const out = new Set<number>(WELL_KNOWN_PROXY_PORTS);
+  for (const a of [config.interception?.inbound, config.interception?.outbound, config.admin]) {
+    if (a === undefined) continue;
+    out.add(Number(a.slice(a.lastIndexOf(':') + 1)));
+  }
+  return out;
 }
 
 /** What the transparent listeners ask the Sidecar for, per connection (the config of the moment). */
@@ -104,6 +192,11 @@ export class TransparentInbound {
       refuseUnplaced(this.runtime, socket, 'inbound', this.address, 'NO_ORIGINAL_DST', found.why);
       return;
     }
+    const loop = loopReason(socket, found.dst, 'inbound', proxyPorts(this.runtime.config()));
+    if (loop) {
+      refuseUnplaced(this.runtime, socket, 'inbound', this.address, 'NO_ORIGINAL_DST', loop);
+      return;
+    }
     const route = this.routes.inbound(found.dst.port);
     if (!route) {
       refuseUnplaced(
@@ -116,7 +209,8 @@ export class TransparentInbound {
       );
       return;
     }
-    route.handler.handle(socket, route.fixed);
+    const forward = (route.fixed ?? route.handler.config).forward;
+    route.handler.handle(socket, route.fixed, inboundTarget(found.dst, forward));
   }
 }
 
@@ -149,6 +243,11 @@ export class TransparentOutbound {
     const found = lookup(this.originalDst, socket);
     if (!found.ok) {
       refuseUnplaced(this.runtime, socket, 'outbound', this.address, 'NO_ORIGINAL_DST', found.why);
+      return;
+    }
+    const loop = loopReason(socket, found.dst, 'outbound', proxyPorts(this.runtime.config()));
+    if (loop) {
+      refuseUnplaced(this.runtime, socket, 'outbound', this.address, 'NO_ORIGINAL_DST', loop);
       return;
     }
     const key = destinationKey(found.dst);

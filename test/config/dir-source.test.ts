@@ -298,3 +298,65 @@ test('watching: an edit is picked up and published without a rescan being asked 
   }
   assert.ok(seenRenamed(), `an edit inside more/ was never published (${saves} saves)`);
 });
+
+test('a file emptied mid-save is read again after a settle delay: the saved text serves, the policy never vanishes', async (t) => {
+  const f = await fixture(t, { 'ns.yaml': NAMESPACES, 'policy.yaml': policy('STRICT') });
+  let settles = 0;
+  // The "editor" writes the new text while the source waits to settle.
+  const source = await DirectorySource.open(f.dir, {
+    watch: false,
+    settle: async () => {
+      settles++;
+      await f.write('policy.yaml', policy('STRICT', 'renamed'));
+    },
+  });
+  t.after(() => source.close());
+  const published: SourceState[] = [];
+  source.subscribe((s) => published.push(s));
+
+  await f.write('policy.yaml', '');
+  await source.rescan();
+  assert.equal(settles, 1);
+  assert.deepEqual(
+    published.map(modes),
+    [['renamed=STRICT']],
+    'no state without the STRICT policy was published',
+  );
+});
+
+test('a file emptied for real (still empty, or comments only, after the settle delay) is accepted', async (t) => {
+  const f = await fixture(t, { 'ns.yaml': NAMESPACES, 'policy.yaml': policy('STRICT') });
+  let settles = 0;
+  const source = await DirectorySource.open(f.dir, {
+    watch: false,
+    settle: async () => {
+      settles++;
+    },
+  });
+  t.after(() => source.close());
+  await f.write('policy.yaml', '# nothing here any more\n\n');
+  await source.rescan();
+  assert.equal(settles, 1);
+  assert.deepEqual(modes(source.current()), []);
+  assert.equal(source.current().generation, 2);
+  assert.deepEqual(source.current().errors, []);
+
+  // A file that had no objects is not waited for.
+  await f.write('policy.yaml', '');
+  await source.rescan();
+  assert.equal(settles, 1);
+});
+
+test('the default settle delay is a real wait (settleMs)', async (t) => {
+  const f = await fixture(t, { 'policy.yaml': policy('STRICT') });
+  const source = await DirectorySource.open(f.dir, { watch: false, settleMs: 300 });
+  t.after(() => source.close());
+  await f.write('policy.yaml', '');
+  const started = performance.now();
+  const pending = source.rescan();
+  await new Promise((r) => setTimeout(r, 50));
+  await f.write('policy.yaml', policy('PERMISSIVE'));
+  await pending;
+  assert.ok(performance.now() - started >= 250);
+  assert.deepEqual(modes(source.current()), ['default=PERMISSIVE']);
+});

@@ -9,6 +9,7 @@ import assert from 'node:assert/strict';
 import type { KeyObject } from 'node:crypto';
 import { generateKeyPairSync, randomBytes } from 'node:crypto';
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
+import http from 'node:http';
 import https from 'node:https';
 import type { AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
@@ -16,12 +17,16 @@ import path from 'node:path';
 import type { TestContext } from 'node:test';
 import { test } from 'node:test';
 import type { PeerCertificate } from 'node:tls';
+import type { Logger } from 'pino';
 import { pino } from 'pino';
 import { DirectorySource } from '../../src/config/index.js';
 import type { ConfigVersion, ControlPlaneObserver, Watched } from '../../src/controlplane/index.js';
 import {
   ControlPlane,
+  ControlPlaneMetrics,
+  loopbackCaller,
   NO_CONTROL_PLANE_OBSERVER,
+  startControlPlaneAdmin,
   startControlPlaneServer,
 } from '../../src/controlplane/index.js';
 import { KmtlsError } from '../../src/errors.js';
@@ -42,7 +47,12 @@ import {
   toPem,
 } from '../../src/pki/index.js';
 import type { ProxyIdentity } from '../../src/proxy/index.js';
-import { ControlPlaneClient, callControlPlane } from '../../src/proxy/index.js';
+import {
+  buildIdentity,
+  ControlPlaneClient,
+  callControlPlane,
+  requestCertificate,
+} from '../../src/proxy/index.js';
 import { Signal } from '../helpers/mesh.js';
 
 const TD = 'cluster.local';
@@ -161,7 +171,7 @@ interface World {
 
 async function world(
   t: TestContext,
-  opts: { fakeClocks?: boolean; debounceMs?: number } = {},
+  opts: { fakeClocks?: boolean; debounceMs?: number; leafTtlMs?: number } = {},
 ): Promise<World> {
   const dir = await mkdtemp(path.join(tmpdir(), 'kmtls-cp-'));
   t.after(() => rm(dir, { recursive: true, force: true }));
@@ -202,6 +212,7 @@ async function world(
     mesh: { trustDomain: TD },
     // Unit tests recompute by hand; a long debounce keeps the automatic one out of their way.
     debounceMs: opts.debounceMs ?? 600_000,
+    ...(opts.leafTtlMs ? { leafTtlMs: opts.leafTtlMs } : {}),
     observer: seen,
   });
   t.after(() => cp.close());
@@ -475,7 +486,12 @@ interface Served {
   readonly close: () => Promise<void>;
 }
 
-async function serve(t: TestContext, w: World, host: string): Promise<Served> {
+async function serve(
+  t: TestContext,
+  w: World,
+  host: string,
+  opts: { heartbeatMs?: number } = {},
+): Promise<Served> {
   const cpId = spiffe(controlPlaneIdentity(TD));
   const key = ecKey();
   const serving = w.ca.sign(createCsr(key), { identities: [cpId], method: 'operator' });
@@ -485,6 +501,7 @@ async function serve(t: TestContext, w: World, host: string): Promise<Served> {
     clock: { now: Date.now },
     listen: { host, port: 0 },
     serving: { certPem: serving.chainPem, keyPem: key.export({ format: 'pem', type: 'pkcs8' }).toString() },
+    ...opts,
   });
   t.after(() => api.close());
   const { port } = api.server.address() as AddressInfo;
@@ -667,4 +684,288 @@ test("over mTLS: another identity's certificate, or none, cannot read a pod's co
   assert.equal(badToken.status, 403);
   assert.equal((JSON.parse(badToken.firstLine) as { code: string }).code, 'KMTLS_PKI_UNAUTHENTICATED');
   assert.equal(w.cp.status().certificatesIssued, 0);
+});
+
+// ---------------------------------------------------------------------------------------------
+// Streams that end, stay single, and notice a dead peer
+
+/** Polls `probe` until it gives a value. */
+async function eventually<T>(probe: () => T | undefined, what: string, deadlineMs = 8_000): Promise<T> {
+  const until = Date.now() + deadlineMs;
+  for (;;) {
+    const v = probe();
+    if (v !== undefined) return v;
+    if (Date.now() > until) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 20));
+  }
+}
+
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+/** Counts the config streams the control plane holds open (the server subscribes through watchConfig). */
+function countStreams(cp: ControlPlane): { active: number; opened: number } {
+  const counts = { active: 0, opened: 0 };
+  const watch = cp.watchConfig.bind(cp);
+  cp.watchConfig = (pod, listener, onClose) => {
+    let open = true;
+    const done = () => {
+      if (open) counts.active--;
+      open = false;
+    };
+    const stop = watch(pod, listener, () => {
+      done();
+      onClose?.();
+    });
+    counts.active++;
+    counts.opened++;
+    return () => {
+      done();
+      stop();
+    };
+  };
+  return counts;
+}
+
+function sidecar(
+  t: TestContext,
+  w: World,
+  served: Served,
+  opts: { streamIdleTimeoutMs?: number; log?: Logger } = {},
+) {
+  const applied: ProxyConfig[] = [];
+  const identities: ProxyIdentity[] = [];
+  const tokens = { asked: 0 };
+  const client = new ControlPlaneClient({
+    ...served.link,
+    pod: 'alpha/a',
+    token: async () => {
+      tokens.asked++;
+      return w.bootstrap.mint(ID_A);
+    },
+    clock: { now: Date.now },
+    log: opts.log ?? pino({ level: 'silent' }),
+    random: () => 0,
+    ...(opts.streamIdleTimeoutMs ? { streamIdleTimeoutMs: opts.streamIdleTimeoutMs } : {}),
+    applyConfig: async (config) => {
+      applied.push(config);
+    },
+    setIdentity: (identity) => {
+      identities.push(identity);
+    },
+  });
+  t.after(() => client.stop());
+  return { client, applied, identities, tokens };
+}
+
+test('a pod that leaves the placement has its streams ended; when it comes back, new streams get pushes', async (t) => {
+  const w = await world(t);
+  const got: ConfigVersion[] = [];
+  let closed = 0;
+  const connectedCounts: number[] = [];
+  w.seen.connected = (n) => connectedCounts.push(n);
+  w.cp.watchConfig(
+    'alpha/a',
+    (v) => got.push(v),
+    () => closed++,
+  );
+  assert.equal(got.length, 1);
+  w.placement.set({ pods: [placedPod('beta', 'b', 2)] });
+  w.cp.recompute();
+  assert.equal(closed, 1, 'the stream of the pod that left is ended');
+  assert.equal(w.cp.status().connectedProxies, 0);
+  assert.equal(connectedCounts.at(-1), 0);
+  assert.throws(() => w.cp.watchConfig('alpha/a', () => {}), /no pod alpha\/a/);
+
+  w.placement.set(PLACEMENT);
+  w.cp.recompute();
+  assert.equal(got.length, 1, 'the ended stream hears nothing more');
+  const again: ConfigVersion[] = [];
+  w.cp.watchConfig('alpha/a', (v) => again.push(v));
+  assert.equal(again.length, 1, 'the new stream gets the current config at once');
+  await w.write('policy-alpha.yaml', policy('alpha', 'STRICT'));
+  await w.source.rescan();
+  assert.deepEqual(w.cp.recompute(), ['alpha/a']);
+  assert.equal(again.length, 2, 'and is pushed the next change');
+  assert.deepEqual(modesOf(again[1]!.config), ['8080=STRICT by alpha/default']);
+  assert.equal(closed, 1);
+});
+
+test('over mTLS: a renewal refused while the certificate is still valid falls back to the bootstrap token', async (t) => {
+  const w = await world(t);
+  const served = await serve(t, w, '127.77.0.3');
+  // A certificate from a root the control plane does not trust (as after a root change).
+  const foreign = new CertificateAuthority(
+    selfSignedMaterial(TD, createRoot({ trustDomain: TD, now: Date.now(), random: randomBytes })),
+    { clock: { now: Date.now }, random: randomBytes },
+  );
+  const key = ecKey();
+  const issued = foreign.sign(createCsr(key), { identities: [ID_A], method: 'test' });
+  const stale = buildIdentity({
+    chainPem: issued.chainPem,
+    keyPem: key.export({ format: 'pem', type: 'pkcs8' }).toString(),
+    bundlePem: foreign.trustBundlePem(),
+  });
+  assert.ok(stale.notAfter.getTime() > Date.now(), 'still valid');
+
+  // No token to fall back to: the refusal stands.
+  await assert.rejects(requestCertificate({ ...served.link, identity: stale }, undefined, Date.now()), /403/);
+
+  let tokens = 0;
+  const token = async () => {
+    tokens++;
+    return w.bootstrap.mint(ID_A);
+  };
+  const fresh = await requestCertificate({ ...served.link, identity: stale }, token, Date.now());
+  assert.equal(fresh.identity.identity, ID_A.uri);
+  assert.equal(tokens, 1, 'the token was used once, after the certificate was refused');
+  assert.deepEqual(
+    w.seen.issuedCalls.map((c) => c.method),
+    ['bootstrap-token'],
+  );
+
+  // A certificate the control plane trusts renews by itself: no token.
+  const renewed = await requestCertificate({ ...served.link, identity: fresh.identity }, token, Date.now());
+  assert.equal(renewed.identity.identity, ID_A.uri);
+  assert.equal(tokens, 1);
+  assert.equal(w.seen.issuedCalls[1]?.method, 'client-certificate');
+});
+
+test('over mTLS: a pod that leaves and comes back gets its sidecar back; renewals during the outage open no second stream', async (t) => {
+  // Two-second certificates: the sidecar renews about every second, outage or not.
+  const w = await world(t, { debounceMs: 5, leafTtlMs: 2_000 });
+  const served = await serve(t, w, '127.77.0.4');
+  const streams = countStreams(w.cp);
+  const s = sidecar(t, w, served);
+  await s.client.start();
+  await eventually(() => (s.client.status().connected ? true : undefined), 'the first stream');
+  await eventually(() => s.applied[0], 'the first config');
+  assert.equal(streams.active, 1);
+
+  // The pod leaves: its stream ends, and the sidecar's reconnects are refused while it is away.
+  w.placement.set({ pods: [placedPod('beta', 'b', 2)] });
+  await eventually(() => (s.client.status().connected ? undefined : true), 'the stream to end');
+  assert.equal(streams.active, 0);
+  const renewedBefore = s.identities.length;
+  await sleep(2_500);
+  assert.ok(
+    s.identities.length >= renewedBefore + 2,
+    `renewals during the outage: ${s.identities.length - renewedBefore}`,
+  );
+  assert.match(s.client.status().lastError ?? '', /refused \(404\)/);
+
+  // It comes back: the sidecar reconnects and gets pushes again, on one stream, whatever renews.
+  const appliedBefore = s.applied.length;
+  w.placement.set(PLACEMENT);
+  await eventually(() => (s.client.status().connected ? true : undefined), 'the stream to come back');
+  await eventually(() => s.applied[appliedBefore], 'a config after the return');
+  await sleep(3_000);
+  assert.equal(streams.active, 1, 'one stream, not one per renewal or retry');
+  assert.equal(s.client.status().connected, true);
+  const a = w.cp.status().pods.find((p) => p.name === 'a');
+  assert.equal(a?.connected, true);
+  await w.write('policy-alpha.yaml', policy('alpha', 'STRICT'));
+  await w.source.rescan();
+  const pushed = await eventually(
+    () => s.applied.find((c) => modesOf(c).includes('8080=STRICT by alpha/default')),
+    'the change to reach the returned pod',
+  );
+  assert.ok(pushed);
+  assert.equal(streams.active, 1);
+});
+
+test('over mTLS: heartbeats keep a quiet stream up and are not configs; a silent stream is dropped and reopened', async (t) => {
+  const w = await world(t);
+  const lines: string[] = [];
+  const log: Logger = pino({ level: 'info' }, { write: (line: string) => void lines.push(line) });
+
+  const beating = await serve(t, w, '127.77.0.5', { heartbeatMs: 50 });
+  const streams = countStreams(w.cp);
+  const s = sidecar(t, w, beating, { streamIdleTimeoutMs: 300, log });
+  await s.client.start();
+  await eventually(() => s.applied[0], 'the first config');
+  await sleep(1_000);
+  assert.equal(streams.opened, 1, 'heartbeats every 50 ms: the 300 ms idle timeout never fires');
+  assert.equal(s.client.status().connected, true);
+  assert.equal(s.applied.length, 1, 'a heartbeat is not a config');
+  assert.deepEqual(
+    lines.filter((l) => /KMTLS_PROXY_CONFIG_INVALID|refused/.test(l)),
+    [],
+  );
+  s.client.stop();
+
+  // A control plane that goes quiet (a half-open connection looks the same from the sidecar).
+  const silent = await serve(t, w, '127.77.0.6', { heartbeatMs: 0 });
+  const before = streams.opened;
+  const q = sidecar(t, w, silent, { streamIdleTimeoutMs: 300, log });
+  await q.client.start();
+  await eventually(() => q.applied[0], 'the first config from the silent control plane');
+  await eventually(
+    () => (streams.opened >= before + 2 ? true : undefined),
+    'the silent stream to be dropped and reopened',
+  );
+  assert.ok(
+    lines.some((l) => /no heartbeat/.test(l)),
+    'the drop is logged with its reason',
+  );
+  await eventually(() => (q.client.status().connected ? true : undefined), 'the reopened stream');
+});
+
+test('admin: /ready follows readyWhen, /status can be kept to loopback callers, a failed metrics collection is a 500', async (t) => {
+  const w = await world(t);
+  const metrics = new ControlPlaneMetrics();
+  let ready = false;
+  let allowed = true;
+  const admin = await startControlPlaneAdmin({
+    controlPlane: w.cp,
+    metrics,
+    listen: { host: '127.77.0.7', port: 0 },
+    readyWhen: () => ready,
+    statusAllowed: () => allowed,
+    log: pino({ level: 'silent' }),
+  });
+  t.after(() => new Promise<void>((r) => admin.close(() => r())));
+  const { port } = admin.address() as AddressInfo;
+  const get = (p: string) =>
+    new Promise<{ status: number; body: string }>((resolve, reject) => {
+      http
+        .get({ host: '127.77.0.7', port, path: p, agent: false }, (res) => {
+          let body = '';
+          res.setEncoding('utf8');
+          res.on('data', (c: string) => (body += c));
+          res.on('end', () => resolve({ status: res.statusCode ?? 0, body }));
+        })
+        .on('error', reject);
+    });
+
+  assert.equal((await get('/ready')).status, 503);
+  ready = true;
+  assert.equal((await get('/ready')).status, 200);
+
+  assert.equal((await get('/status')).status, 200);
+  allowed = false;
+  assert.equal((await get('/status')).status, 403);
+
+  assert.equal((await get('/metrics')).status, 200);
+  metrics.registry.registerMetric(
+    new (await import('prom-client')).Gauge({
+      name: 'kmtls_test_broken',
+      help: 'collects by throwing',
+      registers: [],
+      collect() {
+        throw new Error('broken collector');
+      },
+    }),
+  );
+  const broken = await get('/metrics');
+  assert.equal(broken.status, 500);
+  assert.match(broken.body, /broken collector/);
+  assert.equal((await get('/ready')).status, 200, 'the admin server is still up');
+
+  const from = (remoteAddress: string) => ({ socket: { remoteAddress } }) as unknown as http.IncomingMessage;
+  assert.deepEqual(
+    ['127.0.0.1', '127.77.0.7', '::1', '::ffff:127.0.0.1', '10.0.0.1', '::ffff:10.0.0.1', 'fe80::1', ''].map(
+      (a) => loopbackCaller(from(a)),
+    ),
+    [true, true, true, true, false, false, false, false],
+  );
 });

@@ -309,6 +309,22 @@ test('kmtls up runs the quickstart as a mesh: check matrix, live edits, bad mani
   await eventually('check to pass again', async () =>
     (await kmtls(['check', '--state-dir', stateDir])).code === 0 ? true : undefined,
   );
+  // Another mesh on the same subnet (its own state dir) is refused, naming --subnet, and the first
+  // one is untouched.
+  const clash = await kmtls([
+    'up',
+    dir,
+    '--state-dir',
+    path.join(work, 'state2'),
+    '--subnet',
+    SUBNET,
+    '--no-view',
+  ]);
+  assert.notEqual(clash.code, 0);
+  assert.match(clash.stdout + clash.stderr, /KMTLS_LOCAL_START/);
+  assert.match(clash.stdout + clash.stderr, /--subnet 40/);
+  assert.equal((await kmtls(['check', '--state-dir', stateDir])).code, 0, 'the first mesh still serves');
+
   const second = await descendants(up.child.pid!);
   assert.equal(await stopUp(up), 0);
   assert.deepEqual(second.filter(alive), []);

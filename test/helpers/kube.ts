@@ -17,10 +17,19 @@ const ADMIN_TOKEN = 'kmtls-test-admin-token';
 
 /** Why the cluster tests cannot run here, or undefined when they can. */
 export function kubeUnavailable(): string | undefined {
-  if (!existsSync(KUBE_APISERVER)) return `no kube-apiserver in ${KUBE_CACHE} (run scripts/kube/build.sh)`;
-  if (spawnSync('etcd', ['--version']).status !== 0) return 'no etcd (apt-get install etcd-server)';
-  if (spawnSync('kubectl', ['version', '--client']).status !== 0) return 'no kubectl';
-  return undefined;
+  let why: string | undefined;
+  if (!existsSync(KUBE_APISERVER)) why = `no kube-apiserver in ${KUBE_CACHE} (run scripts/kube/build.sh)`;
+  else if (spawnSync('etcd', ['--version']).status !== 0) why = 'no etcd (apt-get install etcd-server)';
+  else if (spawnSync('kubectl', ['version', '--client']).status !== 0) why = 'no kubectl';
+  return required(why);
+}
+
+/** CI sets KMTLS_REQUIRE_KUBE=1: there, a cluster test that cannot run is a failure, not a skip. */
+export function required(why: string | undefined): string | undefined {
+  if (why !== undefined && process.env.KMTLS_REQUIRE_KUBE === '1') {
+    throw new Error(`the cluster tests must run here (KMTLS_REQUIRE_KUBE=1) but cannot: ${why}`);
+  }
+  return why;
 }
 
 export function freePort(host = '127.0.0.1'): Promise<number> {

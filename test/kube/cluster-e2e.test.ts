@@ -27,7 +27,7 @@ import type { TestContext } from 'node:test';
 import { test } from 'node:test';
 import { fileURLToPath } from 'node:url';
 import type { TestCluster } from '../helpers/kube.js';
-import { kubeUnavailable, startCluster } from '../helpers/kube.js';
+import { kubeUnavailable, required, startCluster } from '../helpers/kube.js';
 
 const REPO = fileURLToPath(new URL('../..', import.meta.url));
 const BIN = path.join(REPO, 'bin', 'kmtls.js');
@@ -37,14 +37,15 @@ const BRIDGE_IP = '10.251.0.1';
 const CP_API = `${BRIDGE_IP}:15012`;
 
 function unavailable(): string | undefined {
-  if (process.getuid?.() !== 0) return 'needs root (network namespaces, iptables)';
   const k = kubeUnavailable();
   if (k) return k;
-  if (spawnSync('ip', ['netns', 'list']).status !== 0) return 'ip netns is unavailable';
-  if (spawnSync('iptables', ['--version']).status !== 0) return 'iptables is unavailable';
-  if (spawnSync('setpriv', ['--version']).status !== 0) return 'setpriv is unavailable (util-linux)';
-  if (!existsSync(ADDON)) return `the original-dst addon is not built (${ADDON})`;
-  return undefined;
+  let why: string | undefined;
+  if (process.getuid?.() !== 0) why = 'needs root (network namespaces, iptables)';
+  else if (spawnSync('ip', ['netns', 'list']).status !== 0) why = 'ip netns is unavailable';
+  else if (spawnSync('iptables', ['--version']).status !== 0) why = 'iptables is unavailable';
+  else if (spawnSync('setpriv', ['--version']).status !== 0) why = 'setpriv is unavailable (util-linux)';
+  else if (!existsSync(ADDON)) why = `the original-dst addon is not built (${ADDON})`;
+  return required(why);
 }
 
 function sh(

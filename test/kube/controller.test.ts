@@ -244,13 +244,24 @@ test('sidecars authenticate with a projected ServiceAccount token; configs follo
       );
       assert.equal(strict.inbound[0]?.policy, 'pay/default');
 
-      // Istio's webhook refuses portLevelMtls without a selector; the CRD schema lets it in. Reported and ignored.
-      await kubectl(['apply', '-f', '-'], BAD_PA);
-      await kubectl(['apply', '-f', '-'], STRICT_PA.replace('mode: STRICT', 'mode: PERMISSIVE'));
-      const back = await eventually('PERMISSIVE despite the bad policy', () =>
-        configs.at(-1)?.inbound[0]?.mode === 'PERMISSIVE' ? configs.at(-1) : undefined,
+      // Istio's webhook refuses portLevelMtls without a selector; the CRD schema lets it in. With the
+      // namespace policy gone it would be the namespace's policy (DISABLE) if it were applied: it must
+      // be reported and ignored, leaving the mesh default (PERMISSIVE).
+      await kubectl(['delete', 'peerauthentication', '-n', 'pay', 'default']);
+      await eventually('the mesh default', () =>
+        configs.at(-1)?.inbound[0]?.policy === 'default' ? true : undefined,
       );
-      assert.equal(back.inbound[0]?.policy, 'pay/default');
+      await kubectl(['apply', '-f', '-'], BAD_PA);
+      const reported = await eventually('the bad policy to be reported', async () => {
+        const r = await fetch(`http://${cp.admin.host}:${cp.admin.port}/status`);
+        const s = (await r.json()) as { errors: { file: string; problems: string[] }[] };
+        return s.errors.find((e) => e.file.includes('PeerAuthentication pay/broken'));
+      });
+      assert.ok(reported.problems.length > 0);
+      const unchanged = configs.at(-1);
+      assert.equal(unchanged?.inbound[0]?.mode, 'PERMISSIVE');
+      assert.equal(unchanged?.inbound[0]?.policy, 'default');
+      await kubectl(['delete', 'peerauthentication', '-n', 'pay', 'broken']);
 
       // The API server restarts while etcd's history is compacted past what the watches saw: they get
       // 410 Gone, list again, and no change is lost — including one made just before the restart.
@@ -425,6 +436,7 @@ const BAD_PA = `apiVersion: security.istio.io/v1
 kind: PeerAuthentication
 metadata: {name: broken, namespace: pay}
 spec:
+  mtls: {mode: DISABLE}
   portLevelMtls:
     8080: {mode: DISABLE}
 `;

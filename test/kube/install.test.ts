@@ -497,9 +497,13 @@ describe('kmtls install: the objects', () => {
     for (const [group, resource] of [
       ['security.istio.io', 'peerauthentications'],
       ['networking.istio.io', 'destinationrules'],
-      ['discovery.k8s.io', 'endpointslices'],
     ] as const)
       assert.deepEqual(grants(group, resource)[0].verbs, ['get', 'list', 'watch']);
+    // Only what the controller calls: no deletes of Secrets or RBAC objects, no events, no SARs.
+    assert.equal(grants('', 'secrets')[0].verbs.includes('delete'), false);
+    assert.equal(grants('rbac.authorization.k8s.io', 'roles')[0].verbs.includes('delete'), false);
+    assert.equal(grants('', 'events').length, 0);
+    assert.equal(grants('authorization.k8s.io', 'subjectaccessreviews').length, 0);
     assert.equal(grants('coordination.k8s.io', 'leases').length, 0, 'leases only in the own namespace');
     const role = loose(find(objects, 'Role'));
     assert.deepEqual(

@@ -29,6 +29,8 @@ const DEADLINE_MS = 10_000;
 
 const POD_IP = '10.250.0.2';
 const PEER_IP = '10.250.0.1';
+const POD_IP6 = 'fd00:250::2';
+const PEER_IP6 = 'fd00:250::1';
 /** A Service's ClusterIP: no interface has it; only the sidecar's `match` knows it. */
 const CLUSTER_IP = '10.250.100.10';
 const PROXY_UID = 1337;
@@ -199,6 +201,9 @@ test('transparent interception in a pod network namespace: iptables rules, the s
   await must('ip', ['-n', pod, 'link', 'add', 'eth0', 'type', 'veth', 'peer', 'name', 'eth0', 'netns', peer]);
   await must('ip', ['-n', pod, 'addr', 'add', `${POD_IP}/16`, 'dev', 'eth0']);
   await must('ip', ['-n', peer, 'addr', 'add', `${PEER_IP}/16`, 'dev', 'eth0']);
+  // IPv6 too (nodad: usable at once), to check that it cannot bypass the sidecar.
+  await must('ip', ['-n', pod, '-6', 'addr', 'add', `${POD_IP6}/64`, 'dev', 'eth0', 'nodad']);
+  await must('ip', ['-n', peer, '-6', 'addr', 'add', `${PEER_IP6}/64`, 'dev', 'eth0', 'nodad']);
   await must('ip', ['-n', pod, 'link', 'set', 'eth0', 'up']);
   await must('ip', ['-n', peer, 'link', 'set', 'eth0', 'up']);
 
@@ -233,7 +238,13 @@ test('transparent interception in a pod network namespace: iptables rules, the s
     ...['netns', 'exec', pod, process.execPath, AGENT],
     JSON.stringify({
       op: 'serve',
-      http: [8080, 8081, 8082, 8083].map((port) => ({ host: '0.0.0.0', port, name: `app${port}` })),
+      http: [
+        ...[8080, 8081, 8082, 8083].map((port) => ({ host: '0.0.0.0', port, name: `app${port}` })),
+        // Loopback only, as `node --inspect` listens: the network must not reach it through the sidecar.
+        { host: '127.0.0.1', port: 8084, name: 'loopback-only' },
+        // Every interface, IPv6 included (dual-stack).
+        { host: '::', port: 8085, name: 'app8085' },
+      ],
     }),
   ]);
   await peerServers.waitForLine((l) => l.listening === true, 'the peer servers');
@@ -254,6 +265,9 @@ test('transparent interception in a pod network namespace: iptables rules, the s
   const rules = await must('ip', ['netns', 'exec', pod, 'iptables', '-t', 'nat', '-S']);
   for (const chain of ['KMTLS_INBOUND', 'KMTLS_IN_REDIRECT', 'KMTLS_OUTPUT', 'KMTLS_REDIRECT'])
     assert.match(rules, new RegExp(`^-N ${chain}$`, 'm'));
+  const rules6 = await must('ip', ['netns', 'exec', pod, 'ip6tables', '-S']);
+  assert.match(rules6, /^-N KMTLS_INBOUND6$/m);
+  assert.match(rules6, /^-A INPUT -p tcp -j KMTLS_INBOUND6$/m);
 
   // The sidecar, transparent, as uid/gid 1337 so that its own connections are not redirected.
   const configFile = path.join(work, 'proxy.yaml');
@@ -266,9 +280,11 @@ test('transparent interception in a pod network namespace: iptables rules, the s
       admin: '127.0.0.1:15000',
       interception: { inbound: '0.0.0.0:15006', outbound: '0.0.0.0:15001' },
       inbound: [
-        { port: 8080, forward: '127.0.0.1:8080', mode: 'STRICT', protocol: 'http', policy: 'default/strict' },
+        // What the controller sends: the pod's IP.
+        { port: 8080, forward: `${POD_IP}:8080`, mode: 'STRICT', protocol: 'http', policy: 'default/strict' },
         {
           port: 8081,
+          // An older config naming 127.0.0.1: the original destination's address is used all the same.
           forward: '127.0.0.1:8081',
           mode: 'PERMISSIVE',
           protocol: 'http',
@@ -330,14 +346,18 @@ test('transparent interception in a pod network namespace: iptables rules, the s
         body.xfcc ?? '',
         new RegExp(`By=${APP_ID};Hash=[0-9a-f]{64};Subject="";URI=${CLIENT_ID}$`),
       );
-      assert.equal(body.remote, '127.0.0.1', 'the sidecar reaches the application on loopback');
+      assert.equal(
+        body.remote,
+        '127.0.0.6',
+        'the sidecar reaches the application at the pod IP from 127.0.0.6',
+      );
     },
   );
 
   await t.test('plaintext to a PERMISSIVE port is intercepted and reaches the application', async () => {
     const r = await agent(peer, { op: 'http', host: POD_IP, port: 8081 });
     assert.equal(r.status, 200, JSON.stringify(r));
-    assert.deepEqual(r.body, { app: 'app8081', xfcc: null, remote: '127.0.0.1' });
+    assert.deepEqual(r.body, { app: 'app8081', xfcc: null, remote: '127.0.0.6' });
     const line = await accessLine('the connection on 8081', (l) => l.port === 8081);
     assert.equal(line.transport, 'plaintext');
     assert.equal(line.mode, 'PERMISSIVE');
@@ -348,13 +368,54 @@ test('transparent interception in a pod network namespace: iptables rules, the s
     async () => {
       const r = await agent(peer, { op: 'http', host: POD_IP, port: 8082 });
       assert.equal(r.status, 200, JSON.stringify(r));
-      assert.deepEqual(r.body, { app: 'app8082', xfcc: null, remote: '127.0.0.1' });
+      assert.deepEqual(r.body, { app: 'app8082', xfcc: null, remote: '127.0.0.6' });
       const line = await accessLine('the passthrough on 8082', (l) => l.port === 8082);
       assert.equal(line.mode, 'PERMISSIVE');
       assert.equal(line.policy, 'default');
-      assert.equal(line.destination, '127.0.0.1:8082');
+      assert.equal(line.destination, `${POD_IP}:8082`);
     },
   );
+
+  await t.test(
+    'a loopback-only listener of the pod is not reachable from the network through the sidecar',
+    async () => {
+      const r = await agent(peer, { op: 'http', host: POD_IP, port: 8084 });
+      assert.equal(r.status, undefined, `no HTTP answer: ${JSON.stringify(r)}`);
+      const line = await accessLine('the refusal on 8084', (l) => l.port === 8084);
+      assert.equal(line.reason, 'UPSTREAM_UNREACHABLE');
+      assert.equal(line.destination, `${POD_IP}:8084`);
+    },
+  );
+
+  await t.test('dialling the interception ports directly is refused, without a loop', async () => {
+    const before = sidecar.lines.length;
+    for (const port of [15006, 15001]) {
+      const r = await agent(peer, { op: 'line', host: POD_IP, port, line: 'loop?' });
+      assert.equal(r.answer, undefined, `no answer from ${port}: ${JSON.stringify(r)}`);
+    }
+    const r = await agent(pod, { op: 'line', host: POD_IP, port: 15001, line: 'loop?' });
+    assert.equal(r.answer, undefined, `no answer from 15001 inside the pod: ${JSON.stringify(r)}`);
+    const refused = (l: LogLine) => l.msg === 'connection refused' && l.reason === 'NO_ORIGINAL_DST';
+    const deadline = Date.now() + DEADLINE_MS;
+    while (sidecar.lines.slice(before).filter(refused).length < 3 && Date.now() < deadline)
+      await new Promise((resolve) => setTimeout(resolve, 50));
+    // A loop would keep adding connections: give it time to show.
+    await new Promise((resolve) => setTimeout(resolve, 300));
+    const connections = sidecar.lines
+      .slice(before)
+      .filter((l) => l.msg === 'connection' || l.msg === 'connection refused');
+    assert.equal(connections.length, 3, `one record per dial, no loop: ${JSON.stringify(connections)}`);
+    assert.ok(connections.every(refused), JSON.stringify(connections));
+  });
+
+  await t.test('IPv6 cannot bypass the sidecar: inbound IPv6 TCP is reset', async () => {
+    const r = await agent(peer, { op: 'http', host: POD_IP6, port: 8085 });
+    assert.equal(r.status, undefined, `no HTTP answer over IPv6: ${JSON.stringify(r)}`);
+    assert.equal(r.error, 'ECONNREFUSED');
+    // IPv4 to the same application is intercepted (PERMISSIVE passthrough) as usual.
+    const v4 = await agent(peer, { op: 'http', host: POD_IP, port: 8085 });
+    assert.equal(v4.status, 200, JSON.stringify(v4));
+  });
 
   await t.test(
     'an excluded inbound port is not intercepted: its STRICT config is never consulted',
@@ -408,6 +469,10 @@ test('transparent interception in a pod network namespace: iptables rules, the s
       assert.equal(clean.code, 0, `kmtls iptables clean: ${clean.stderr}`);
       const after = await must('ip', ['netns', 'exec', pod, 'iptables', '-t', 'nat', '-S']);
       assert.doesNotMatch(after, /KMTLS/);
+      const after6 = await must('ip', ['netns', 'exec', pod, 'ip6tables', '-S']);
+      assert.doesNotMatch(after6, /KMTLS/);
+      const v6 = await agent(peer, { op: 'http', host: POD_IP6, port: 8085 });
+      assert.equal(v6.status, 200, JSON.stringify(v6));
       const r = await agent(peer, { op: 'http', host: POD_IP, port: 8080 });
       assert.equal(r.status, 200, JSON.stringify(r));
       assert.deepEqual(r.body, { app: 'app8080', xfcc: null, remote: PEER_IP });

@@ -3,11 +3,14 @@ import { test } from 'node:test';
 import type { InterceptionOptions } from '../../src/kube/iptables.js';
 import {
   buildInterceptionRules,
+  buildIpv6Rules,
   DEFAULT_INTERCEPTION,
   interceptionFromAnnotations,
   parseInterception,
+  renderIp6tablesRestore,
   renderIptablesRestore,
 } from '../../src/kube/iptables.js';
+import { ip6tablesCommand } from '../../src/kube/iptables-apply.js';
 
 /** The OUTPUT chain's fixed middle: Istio's loopback and owner rules for uid/gid 1337. */
 const LOOPBACK_RULES = [
@@ -187,4 +190,32 @@ test('flags: uid, gid defaulting to the uid, ports; equal inbound and outbound p
   const uid = parseInterception({ proxyUid: '-1' }, { code: 'KMTLS_CLI_USAGE', nameOf });
   assert.ok(!uid.ok);
   assert.match(uid.errors[0]!.message, /--proxyUid: "-1" \(not a numeric uid\/gid\)/);
+});
+
+test('IPv6: new inbound TCP is reset on every intercepted port, loopback and excluded ports left open', () => {
+  assert.equal(
+    renderIp6tablesRestore(options({ excludeInboundPorts: [8083] })),
+    [
+      '*filter',
+      ':KMTLS_INBOUND6 - [0:0]',
+      '-A INPUT -p tcp -j KMTLS_INBOUND6',
+      '-A KMTLS_INBOUND6 -i lo -j RETURN',
+      ...[15000, 15006, 15001, 15020, 15021, 8083].map(
+        (p) => `-A KMTLS_INBOUND6 -p tcp --dport ${p} -j RETURN`,
+      ),
+      '-A KMTLS_INBOUND6 -p tcp --syn -j REJECT --reject-with tcp-reset',
+      'COMMIT',
+      '',
+    ].join('\n'),
+  );
+  assert.deepEqual(buildIpv6Rules(options({ includeInboundPorts: [8080, 9000] })), [
+    '-A INPUT -p tcp -j KMTLS_INBOUND6',
+    '-A KMTLS_INBOUND6 -i lo -j RETURN',
+    '-A KMTLS_INBOUND6 -p tcp --dport 8080 --syn -j REJECT --reject-with tcp-reset',
+    '-A KMTLS_INBOUND6 -p tcp --dport 9000 --syn -j REJECT --reject-with tcp-reset',
+  ]);
+  assert.equal(renderIp6tablesRestore(options({ includeInboundPorts: [] })), undefined);
+  assert.equal(ip6tablesCommand('iptables'), 'ip6tables');
+  assert.equal(ip6tablesCommand('iptables-legacy'), 'ip6tables-legacy');
+  assert.equal(ip6tablesCommand('/usr/sbin/iptables-nft'), '/usr/sbin/ip6tables-nft');
 });

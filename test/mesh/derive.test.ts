@@ -406,3 +406,52 @@ test('deriveProxyConfig: Services that select nothing and ExternalName Services 
   assert.ok(!names.some((n) => n.startsWith('ghost.')), names.join(', '));
   assert.ok(!names.some((n) => n.startsWith('external.')), names.join(', '));
 });
+
+test('deriveProxyConfig, transparent: portLevelMtls for a port no container declares goes to interception.portModes', () => {
+  const snapshot = snapshotOf(`
+apiVersion: v1
+kind: Namespace
+metadata: {name: shop, labels: {kmtls.io/injection: enabled}}
+---
+apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata: {name: api, namespace: shop}
+spec:
+  selector: {matchLabels: {app: api}}
+  mtls: {mode: PERMISSIVE}
+  portLevelMtls:
+    8080: {mode: DISABLE}
+    9000: {mode: STRICT}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: api, namespace: shop, labels: {app: api}}
+spec:
+  containers: [{name: api, ports: [{containerPort: 8080}]}]
+`);
+  const pods = podInstances(snapshot).map((p) => ({ ...p, podIP: '10.1.0.5' }));
+  const config = deriveProxyConfig(
+    snapshot,
+    pods,
+    pods[0]!,
+    {
+      appAddress: (pod, port) => `${pod.podIP}:${port}`,
+      outboundAddress: () => '',
+      adminAddress: () => undefined,
+    },
+    { version: '1', interception: { inbound: '0.0.0.0:15006', outbound: '0.0.0.0:15001' } },
+  );
+  assert.ok(parseProxyConfig(config).ok);
+  // 8080 is declared: its port-level mode is on its inbound entry; 9000 is not, so the passthrough has it.
+  assert.deepEqual(
+    config.inbound.map((p) => [p.port, p.mode, p.policy]),
+    [[8080, 'DISABLE', 'shop/api']],
+  );
+  assert.deepEqual(config.interception, {
+    inbound: '0.0.0.0:15006',
+    outbound: '0.0.0.0:15001',
+    defaultMode: 'PERMISSIVE',
+    defaultPolicy: 'shop/api',
+    portModes: { '9000': { mode: 'STRICT', policy: 'shop/api' } },
+  });
+});

@@ -1,5 +1,12 @@
 import assert from 'node:assert/strict';
-import { createHash, generateKeyPairSync, type KeyObject, randomBytes, X509Certificate } from 'node:crypto';
+import {
+  createHash,
+  createPublicKey,
+  generateKeyPairSync,
+  type KeyObject,
+  randomBytes,
+  X509Certificate,
+} from 'node:crypto';
 import { test } from 'node:test';
 import { KmtlsError } from '../../src/errors.js';
 import type { SpiffeId } from '../../src/identity/index.js';
@@ -330,4 +337,45 @@ test('signAsync issues the same certificate shape on the thread pool, and refuse
     ca.signAsync(createCsr(ec()), caller(PAYMENTS), { ttlMs: MAX_LEAF_TTL_MS + 1000 }),
     (err: unknown) => err instanceof KmtlsError && err.code === 'KMTLS_PKI_TTL_TOO_LONG',
   );
+});
+
+test("the control plane's own identity is issued only to the operator, never to a workload", async () => {
+  const { ca } = newCa();
+  const cpId = id('spiffe://cluster.local/ns/kmtls-system/sa/kmtls-controlplane');
+  const key = ec();
+  const csr = createCsr(key);
+  const spki = createPublicKey(key).export({ format: 'der', type: 'spki' });
+  for (const method of ['bootstrap-token', 'client-certificate', 'token-review', 'controller']) {
+    const workload = { identities: [cpId], method };
+    expectCode(() => ca.sign(csr, workload), 'KMTLS_PKI_BAD_IDENTITY', /reserved for the control plane/);
+    expectCode(() => ca.signPublicKey(spki, workload), 'KMTLS_PKI_BAD_IDENTITY', new RegExp(method));
+    await assert.rejects(ca.signAsync(csr, workload), (err: unknown) => {
+      assert.ok(err instanceof KmtlsError);
+      assert.equal(err.code, 'KMTLS_PKI_BAD_IDENTITY');
+      return true;
+    });
+    // Asking for it beside a legitimate identity does not help.
+    expectCode(() => ca.sign(csr, { identities: [PAYMENTS, cpId], method }), 'KMTLS_PKI_BAD_IDENTITY');
+  }
+  const issued = ca.signPublicKey(spki, { identities: [cpId], method: 'operator' });
+  assert.deepEqual(
+    issued.identities.map((i) => i.uri),
+    [cpId.uri],
+  );
+  // Other service accounts of the control-plane namespace are ordinary identities.
+  ca.sign(csr, caller(id('spiffe://cluster.local/ns/kmtls-system/sa/kmtls-check')));
+});
+
+test('the reserved identities follow the control plane namespace when given', () => {
+  const root = createRoot({ trustDomain: 'cluster.local', now: T0, random: randomBytes });
+  const cpElsewhere = id('spiffe://cluster.local/ns/mesh-ops/sa/kmtls-controlplane');
+  const ca = new CertificateAuthority(selfSignedMaterial('cluster.local', root), {
+    clock: { now: () => T0 },
+    random: randomBytes,
+    reservedIdentities: [cpElsewhere.uri],
+  });
+  const csr = createCsr(ec());
+  expectCode(() => ca.sign(csr, caller(cpElsewhere)), 'KMTLS_PKI_BAD_IDENTITY');
+  // The default one is not reserved any more: the set replaces the default.
+  ca.sign(csr, caller(id('spiffe://cluster.local/ns/kmtls-system/sa/kmtls-controlplane')));
 });

@@ -6,7 +6,7 @@ import http from 'node:http';
 import http2 from 'node:http2';
 import https from 'node:https';
 import net from 'node:net';
-import { tmpdir } from 'node:os';
+import { networkInterfaces, tmpdir } from 'node:os';
 import path from 'node:path';
 import type { TestContext } from 'node:test';
 import { test } from 'node:test';
@@ -14,6 +14,7 @@ import { KmtlsError } from '../../src/errors.js';
 import type { AppProbers } from '../../src/proxy/status-port.js';
 import {
   decodeHealthCheckStatus,
+  defaultAppHost,
   encodeHealthCheckRequest,
   parseAppProbers,
   startStatusServer,
@@ -282,4 +283,40 @@ test('KMTLS_APP_PROBERS: parsed strictly', () => {
       bad,
     );
   }
+});
+
+test('probes go to the pod IP (POD_IP), as the kubelet’s would; 127.0.0.1 outside a pod', () => {
+  assert.equal(defaultAppHost({ POD_IP: '10.1.0.5' }), '10.1.0.5');
+  assert.equal(defaultAppHost({ POD_IP: 'fd00::5' }), 'fd00::5');
+  assert.equal(defaultAppHost({}), '127.0.0.1');
+  assert.equal(defaultAppHost({ POD_IP: 'not-an-ip' }), '127.0.0.1');
+});
+
+test('a probe of the pod IP leaves from 127.0.0.6, which interception never redirects', async (t) => {
+  const podIp = Object.values(networkInterfaces())
+    .flat()
+    .find((a) => a && a.family === 'IPv4' && !a.internal)?.address;
+  if (!podIp || process.platform !== 'linux') {
+    t.skip('needs Linux and a non-loopback IPv4 address');
+    return;
+  }
+  const app = http.createServer((req, res) => res.end(String(req.socket.remoteAddress)));
+  app.listen(0, podIp);
+  await once(app, 'listening');
+  t.after(() => app.close());
+  const server = await startStatusServer({
+    listen: { host: '127.0.0.1', port: 0 },
+    probers: {
+      '/app-health/web/readyz': { httpGet: { path: '/', port: portOf(app), scheme: 'HTTP' } },
+      '/app-health/web/livez': { tcpSocket: { port: portOf(app) } },
+    },
+    ready: () => true,
+    appHost: podIp,
+  });
+  t.after(() => server.close());
+  const seen: string[] = [];
+  app.on('connection', (s: net.Socket) => seen.push(String(s.remoteAddress)));
+  assert.equal((await get(portOf(server), '/app-health/web/readyz')).status, 200);
+  assert.equal((await get(portOf(server), '/app-health/web/livez')).status, 200);
+  assert.deepEqual([...new Set(seen)], ['127.0.0.6']);
 });

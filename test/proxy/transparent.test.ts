@@ -27,7 +27,7 @@ import {
 const APP_ID = 'spiffe://cluster.local/ns/default/sa/app';
 const CLIENT_ID = 'spiffe://cluster.local/ns/peer/sa/client';
 const SERVER_ID = 'spiffe://cluster.local/ns/peer/sa/server';
-const POD_IP = '10.0.0.2';
+const LOOPBACK_POD_IP = '127.0.0.1';
 const ca = testCa();
 
 /** Sends one line from `from` (a 127.0.0.x source address), over mTLS with `material` if given. */
@@ -84,7 +84,13 @@ async function startTransparent(t: TestContext, extra: Record<string, unknown>):
       clock: { now: Date.now },
       observer,
       identity: ca.identity(APP_ID),
-      originalDst: (socket) => redirected.get(socket.remoteAddress ?? '') ?? null,
+      // As the kernel does with conntrack loaded: a connection no rule redirected has its own
+      // local address as its original destination (not "none").
+      originalDst: (socket) =>
+        redirected.get(socket.remoteAddress ?? '') ?? {
+          address: socket.localAddress ?? '',
+          port: socket.localPort ?? 0,
+        },
     },
   );
   await proxy.start();
@@ -110,9 +116,10 @@ test('inbound: one listener dispatches by original port; declared ports keep the
   const s = await startTransparent(t, {
     inbound: [{ port: 8080, forward: strictApp.address, mode: 'STRICT', policy: 'default/strict' }],
   });
-  s.redirected.set('127.0.0.11', { address: POD_IP, port: 8080 });
-  s.redirected.set('127.0.0.12', { address: POD_IP, port: 8080 });
-  s.redirected.set('127.0.0.13', { address: POD_IP, port: undeclared.port });
+  // The "pod IP" here is 127.0.0.1, where the test applications listen.
+  s.redirected.set('127.0.0.11', { address: LOOPBACK_POD_IP, port: 8080 });
+  s.redirected.set('127.0.0.12', { address: LOOPBACK_POD_IP, port: 8080 });
+  s.redirected.set('127.0.0.13', { address: LOOPBACK_POD_IP, port: undeclared.port });
 
   assert.deepEqual(await send(s.inboundPort, '127.0.0.11', 'plain'), {
     answer: undefined,
@@ -150,8 +157,8 @@ test('inbound: the workload default mode applies to undeclared ports, and a new 
       interception: { ...interception, defaultMode: 'STRICT', defaultPolicy: 'default/mesh' },
     }),
   );
-  s.redirected.set('127.0.0.21', { address: POD_IP, port: app.port });
-  s.redirected.set('127.0.0.22', { address: POD_IP, port: app.port });
+  s.redirected.set('127.0.0.21', { address: LOOPBACK_POD_IP, port: app.port });
+  s.redirected.set('127.0.0.22', { address: LOOPBACK_POD_IP, port: app.port });
   assert.deepEqual(await send(s.inboundPort, '127.0.0.21', 'plain'), {
     answer: undefined,
     closedByPeer: true,
@@ -162,14 +169,99 @@ test('inbound: the workload default mode applies to undeclared ports, and a new 
   assert.equal((await send(s.inboundPort, '127.0.0.22', 'mesh', ca.issue(CLIENT_ID))).answer, 'app:mesh');
 });
 
-test('a connection that was not redirected is refused with NO_ORIGINAL_DST, both ways', async (t) => {
+test('a connection that was not redirected (its original destination is the listener itself) is refused, both ways, without a loop', async (t) => {
   const s = await startTransparent(t, {});
   assert.deepEqual(await send(s.inboundPort, '127.0.0.31', 'x'), { answer: undefined, closedByPeer: true });
   const inbound = await s.nextClosed((c) => c.direction === 'inbound');
   assert.equal(inbound.reason, 'NO_ORIGINAL_DST');
+  assert.match(inbound.message ?? '', /interception listener itself: it was dialled directly/);
   assert.deepEqual(await send(s.outboundPort, '127.0.0.31', 'x'), { answer: undefined, closedByPeer: true });
   const outbound = await s.nextClosed((c) => c.direction === 'outbound');
   assert.equal(outbound.reason, 'NO_ORIGINAL_DST');
+  assert.match(outbound.message ?? '', /interception listener itself/);
+  // One record each: nothing was dialled back into the sidecar.
+  await new Promise((r) => setTimeout(r, 100));
+  assert.equal(s.observer.closed.length, 2);
+  assert.equal(s.proxy.runtime.connectionCount(), 0);
+});
+
+test('an original destination on one of the proxy’s own ports is refused: inbound always, outbound on a local address', async (t) => {
+  const s = await startTransparent(t, { admin: '127.0.0.1:15000' });
+  // Inbound to the admin port, and outbound to the other interception listener on this pod.
+  s.redirected.set('127.0.0.32', { address: LOOPBACK_POD_IP, port: 15000 });
+  s.redirected.set('127.0.0.33', { address: LOOPBACK_POD_IP, port: s.inboundPort });
+  s.redirected.set('127.0.0.34', { address: '::ffff:127.0.0.1', port: s.outboundPort });
+  assert.deepEqual(await send(s.inboundPort, '127.0.0.32', 'x'), { answer: undefined, closedByPeer: true });
+  const admin = await s.nextClosed((c) => c.direction === 'inbound');
+  assert.equal(admin.reason, 'NO_ORIGINAL_DST');
+  assert.match(admin.message ?? '', /one of the proxy's own ports/);
+  for (const from of ['127.0.0.33', '127.0.0.34']) {
+    assert.deepEqual(await send(s.outboundPort, from, 'x'), { answer: undefined, closedByPeer: true });
+    const c = await s.nextClosed((r) => r.direction === 'outbound');
+    assert.equal(c.reason, 'NO_ORIGINAL_DST');
+    assert.match(c.message ?? '', /proxy's own ports|listener itself/);
+  }
+  await new Promise((r) => setTimeout(r, 100));
+  assert.equal(s.observer.closed.length, 3, 'no connection looped back into the sidecar');
+});
+
+/** A plain server on `host` that answers each line with the caller's address. */
+async function startWhoAmI(t: TestContext, host: string): Promise<number> {
+  const server = net.createServer((c) => {
+    c.on('error', () => {});
+    c.once('data', () => c.end(`from=${c.remoteAddress}\n`));
+  });
+  await new Promise<void>((resolve) => server.listen(0, host, resolve));
+  t.after(() => new Promise<void>((resolve) => server.close(() => resolve())));
+  return (server.address() as net.AddressInfo).port;
+}
+
+test('inbound goes to the original destination address (the pod IP) from 127.0.0.6, never to 127.0.0.1', async (t) => {
+  // 127.0.0.7 stands for the pod IP: nothing listens on 127.0.0.1 at these ports.
+  const declared = await startWhoAmI(t, '127.0.0.7');
+  const undeclared = await startWhoAmI(t, '127.0.0.7');
+  const s = await startTransparent(t, {
+    inbound: [{ port: declared, forward: `127.0.0.1:${declared}`, mode: 'PERMISSIVE', policy: 'default/p' }],
+  });
+  s.redirected.set('127.0.0.61', { address: '127.0.0.7', port: declared });
+  s.redirected.set('127.0.0.62', { address: '127.0.0.7', port: undeclared });
+  assert.equal((await send(s.inboundPort, '127.0.0.61', 'a')).answer, 'from=127.0.0.6');
+  const a = await s.nextClosed((c) => c.port === declared);
+  assert.equal(a.destinationAddress, `127.0.0.7:${declared}`);
+  assert.equal((await send(s.inboundPort, '127.0.0.62', 'b')).answer, 'from=127.0.0.6');
+  const b = await s.nextClosed((c) => c.port === undeclared);
+  assert.equal(b.destinationAddress, `127.0.0.7:${undeclared}`);
+});
+
+test('undeclared ports: portLevelMtls (interception.portModes) wins over the workload mode', async (t) => {
+  const open = await startEchoApp(t, 'open');
+  const s = await startTransparent(t, {});
+  const interception = s.proxy.config.interception!;
+  await s.proxy.applyConfig(
+    proxyConfig({
+      workload: { namespace: 'default', name: 'app', identity: APP_ID },
+      trustDomains: ['cluster.local'],
+      interception: {
+        ...interception,
+        defaultMode: 'PERMISSIVE',
+        defaultPolicy: 'default/app',
+        portModes: { '9000': { mode: 'STRICT', policy: 'default/app' } },
+      },
+    }),
+  );
+  s.redirected.set('127.0.0.71', { address: LOOPBACK_POD_IP, port: 9000 });
+  s.redirected.set('127.0.0.72', { address: LOOPBACK_POD_IP, port: open.port });
+  assert.deepEqual(await send(s.inboundPort, '127.0.0.71', 'plain'), {
+    answer: undefined,
+    closedByPeer: true,
+  });
+  const refused = await s.nextClosed((c) => c.port === 9000);
+  assert.equal(refused.reason, 'PLAINTEXT_REJECTED');
+  assert.equal(refused.mode, 'STRICT');
+  assert.equal(refused.policy, 'default/app');
+  assert.equal((await send(s.inboundPort, '127.0.0.72', 'hi')).answer, 'open:hi');
+  const passed = await s.nextClosed((c) => c.port === open.port);
+  assert.equal(passed.mode, 'PERMISSIVE');
 });
 
 test('outbound: a matched original destination is that service (mTLS, secure naming); others pass through', async (t) => {
