@@ -53,7 +53,13 @@ export async function startInjectionWebhook(opts: {
     '127.0.0.1',
     ...(opts.listen.host !== '0.0.0.0' && opts.listen.host !== '127.0.0.1' ? [opts.listen.host] : []),
   ];
-  const native = opts.nativeSidecar ?? (await clusterSupportsNativeSidecars(opts.kc));
+  // Native sidecars need every kubelet at 1.29 or later, which the API server's version cannot tell
+  // (kubelets may lag it by up to three minor versions): off unless asked for, as Istio long had it.
+  // KMTLS_NATIVE_SIDECAR=true forces them, =auto decides from the API server's version.
+  const choice = process.env.KMTLS_NATIVE_SIDECAR ?? 'false';
+  const native =
+    opts.nativeSidecar ??
+    (choice === 'true' ? true : choice === 'auto' ? await clusterSupportsNativeSidecars(opts.kc) : false);
   const image = opts.image ?? process.env.KMTLS_PROXY_IMAGE ?? DEFAULT_PROXY_IMAGE;
   const controlPlaneAddress =
     opts.controlPlaneAddress ??
