@@ -213,11 +213,13 @@ function clusterRules(): PolicyRule[] {
     explained(
       {
         apiGroups: [''],
-        resources: ['pods', 'services', 'namespaces', 'serviceaccounts'],
+        resources: ['pods', 'services', 'endpoints', 'namespaces', 'serviceaccounts'],
         verbs: [...READ],
       },
-      ' The mesh: workloads, their identities, services and which namespaces opt in.',
+      ' The mesh: workloads, their identities, services and which namespaces opt in; Endpoints for\n' +
+        ' Services without a selector on clusters without EndpointSlices.',
     ),
+    { apiGroups: ['discovery.k8s.io'], resources: ['endpointslices'], verbs: [...READ] },
     explained(
       { apiGroups: ['security.istio.io'], resources: ['peerauthentications'], verbs: [...READ] },
       " Istio's security API, read only: kmtls never writes a policy or its status.",

@@ -2,7 +2,7 @@ import type { KubeConfig, KubernetesObject } from '@kubernetes/client-node';
 import type { FileError, ResourceSource, SourceState } from '../config/index.js';
 import { readResources } from '../config/index.js';
 import type { ManifestObject } from '../config/yaml-source.js';
-import type { Placement } from '../mesh/index.js';
+import type { Placement, ServiceEndpointsResource } from '../mesh/index.js';
 import type { KindRef } from './client.js';
 import { isServed, KubeWatch } from './client.js';
 
@@ -46,7 +46,76 @@ export const WATCHED: readonly (readonly KindRef[])[] = [
   [{ apiVersion: 'v1', kind: 'ServiceAccount', plural: 'serviceaccounts', namespaced: true }],
   [{ apiVersion: 'v1', kind: 'Service', plural: 'services', namespaced: true }],
   [{ apiVersion: 'v1', kind: 'Pod', plural: 'pods', namespaced: true }],
+  // Where Services without a selector go: EndpointSlices, and Endpoints for a Service that has no
+  // slice (a cluster without the EndpointSlice mirroring controller).
+  [
+    { apiVersion: 'discovery.k8s.io/v1', kind: 'EndpointSlice', plural: 'endpointslices', namespaced: true },
+    {
+      apiVersion: 'discovery.k8s.io/v1beta1',
+      kind: 'EndpointSlice',
+      plural: 'endpointslices',
+      namespaced: true,
+    },
+  ],
+  [{ apiVersion: 'v1', kind: 'Endpoints', plural: 'endpoints', namespaced: true }],
 ];
+
+type EndpointsLike = KubernetesObject & {
+  subsets?: {
+    addresses?: { ip: string; targetRef?: { kind?: string; name?: string } }[];
+    ports?: { name?: string; port: number }[];
+  }[];
+  endpoints?: {
+    addresses?: string[];
+    conditions?: { ready?: boolean };
+    targetRef?: { kind?: string; name?: string };
+  }[];
+  ports?: { name?: string; port?: number }[];
+};
+
+/** EndpointSlices and Endpoints, reduced to what a selector-less Service needs. */
+function toServiceEndpoints(objs: readonly EndpointsLike[]): ServiceEndpointsResource[] {
+  const out: ServiceEndpointsResource[] = [];
+  const sliced = new Set(
+    objs
+      .filter((o) => o.kind === 'EndpointSlice')
+      .map((o) => `${o.metadata?.namespace}/${o.metadata?.labels?.['kubernetes.io/service-name']}`),
+  );
+  for (const o of objs) {
+    const namespace = o.metadata?.namespace ?? '';
+    if (o.kind === 'Endpoints') {
+      if (sliced.has(`${namespace}/${o.metadata?.name}`)) continue;
+      for (const sub of o.subsets ?? []) {
+        out.push({
+          namespace,
+          service: o.metadata?.name ?? '',
+          ports: (sub.ports ?? []).map((p) => ({ name: p.name, port: p.port })),
+          addresses: (sub.addresses ?? []).map((a) => ({
+            ip: a.ip,
+            pod: a.targetRef?.kind === 'Pod' ? a.targetRef.name : undefined,
+          })),
+        });
+      }
+      continue;
+    }
+    const service = o.metadata?.labels?.['kubernetes.io/service-name'];
+    if (!service) continue;
+    out.push({
+      namespace,
+      service,
+      ports: (o.ports ?? []).flatMap((p) => (p.port === undefined ? [] : [{ name: p.name, port: p.port }])),
+      addresses: (o.endpoints ?? [])
+        .filter((e) => e.conditions?.ready !== false)
+        .flatMap((e) =>
+          (e.addresses ?? []).map((ip) => ({
+            ip,
+            pod: e.targetRef?.kind === 'Pod' ? e.targetRef.name : undefined,
+          })),
+        ),
+    });
+  }
+  return out;
+}
 
 /** The sidecar container the injector adds; a pod with it is in the mesh. */
 export const SIDECAR_CONTAINER_NAME = 'kmtls-proxy';
@@ -213,8 +282,13 @@ export class KubeSource implements ResourceSource {
     const noticed = this.now();
     const objects: ManifestObject[] = [];
     const pods: PodLike[] = [];
+    const endpoints: EndpointsLike[] = [];
     for (const w of this.watches) {
       for (const obj of w.list()) {
+        if (obj.kind === 'EndpointSlice' || obj.kind === 'Endpoints') {
+          endpoints.push(obj as EndpointsLike);
+          continue;
+        }
         // A pod that has ended, or is being deleted, is no workload any more (its IP may be reused).
         if (obj.kind === 'Pod' && isGone(obj as PodLike)) continue;
         const body = strip(obj);
@@ -227,7 +301,10 @@ export class KubeSource implements ResourceSource {
     objects.sort((a, b) =>
       a.location.file < b.location.file ? -1 : a.location.file > b.location.file ? 1 : 0,
     );
-    const key = JSON.stringify(objects.map((o) => o.body));
+    const serviceEndpoints = toServiceEndpoints(endpoints).sort((a, b) =>
+      `${a.namespace}/${a.service}` < `${b.namespace}/${b.service}` ? -1 : 1,
+    );
+    const key = JSON.stringify([objects.map((o) => o.body), serviceEndpoints]);
     this.updatePlacement(pods);
     if (key === this.lastKey && this.state.generation > 0) return;
     this.lastKey = key;
@@ -245,7 +322,7 @@ export class KubeSource implements ResourceSource {
     }
     this.state = {
       generation: this.state.generation + 1,
-      resources: read.resources,
+      resources: { ...read.resources, serviceEndpoints },
       files: objects.map((o) => o.location.file),
       errors: [...byObject.values()],
       diagnostics: read.diagnostics.filter((d) => d.severity !== 'error'),

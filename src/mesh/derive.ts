@@ -251,7 +251,10 @@ function outboundFor(
 ): Omit<OutboundConfig, 'listen'> | undefined {
   const w = pod.workload;
   const host = serviceHosts(service, snapshot.options.clusterDomain)[0]!;
-  const endpoints = endpointsOf(service, sp, snapshot.workloads) as {
+  // A Service without a selector: the cluster's Endpoints say where it goes. Addresses of pods are
+  // judged like any pod endpoint; other addresses are outside the mesh and get plaintext.
+  const listed = service.selector === undefined ? listedEndpoints(snapshot, service, sp) : undefined;
+  const endpoints = (listed?.pods ?? endpointsOf(service, sp, snapshot.workloads)) as {
     workload: MeshWorkload;
     port: number;
   }[];
@@ -291,6 +294,7 @@ function outboundFor(
       list.push({ address: `${p.podIP}:${ep.port}`, tls: v.clientTls, workload: `${p.namespace}/${p.name}` });
     }
   }
+  for (const address of listed?.others ?? []) list.push({ address, tls: 'DISABLE' });
   if (list.length === 0) return undefined;
   const tls = decision.clusterTls.tls;
   const drTls =
@@ -314,4 +318,32 @@ function outboundFor(
     expectedIdentities: [...identities].sort(),
     ...(drTls ? { tls: drTls } : {}),
   };
+}
+
+/** The listed endpoints of a selector-less Service port: pods by their workload, the rest by address. */
+function listedEndpoints(
+  snapshot: MeshSnapshot,
+  service: Service,
+  sp: ServicePort,
+): { pods: { workload: MeshWorkload; port: number }[]; others: string[] } {
+  const pods: { workload: MeshWorkload; port: number }[] = [];
+  const others: string[] = [];
+  for (const e of snapshot.resources.serviceEndpoints ?? []) {
+    if (e.namespace !== service.meta.namespace || e.service !== service.meta.name) continue;
+    // The endpoint port is the one named like the Service port (or the only one).
+    const port =
+      e.ports.find((p) => p.name === sp.name)?.port ?? (e.ports.length === 1 ? e.ports[0]!.port : undefined);
+    if (port === undefined) continue;
+    for (const a of e.addresses) {
+      const w = a.pod
+        ? snapshot.workloads.find(
+            (x) => x.kind === 'Pod' && x.meta.namespace === e.namespace && x.meta.name === a.pod,
+          )
+        : undefined;
+      if (w) {
+        if (!pods.some((p) => p.workload === w && p.port === port)) pods.push({ workload: w, port });
+      } else others.push(`${a.ip}:${port}`);
+    }
+  }
+  return { pods, others };
 }

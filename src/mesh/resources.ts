@@ -20,6 +20,19 @@ export interface MeshResources {
   readonly services: readonly Service[];
   readonly podSources: readonly PodSource[];
   readonly workloadEntries: readonly WorkloadEntryResource[];
+  /**
+   * Endpoints the cluster lists for Services without a selector (EndpointSlices or Endpoints written
+   * by hand or by another controller). Services with a selector get theirs from pod labels.
+   */
+  readonly serviceEndpoints?: readonly ServiceEndpointsResource[];
+}
+
+export interface ServiceEndpointsResource {
+  readonly namespace: string;
+  readonly service: string;
+  readonly ports: readonly { readonly name: string | undefined; readonly port: number }[];
+  /** Ready addresses; `pod` when the address is a pod's (targetRef). */
+  readonly addresses: readonly { readonly ip: string; readonly pod: string | undefined }[];
 }
 
 export interface NamespaceResource {

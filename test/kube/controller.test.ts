@@ -164,7 +164,9 @@ test('sidecars authenticate with a projected ServiceAccount token; configs follo
 }, async () => {
   await kubectl(['create', 'namespace', 'pay']);
   await kubectl(['create', 'serviceaccount', '-n', 'pay', 'payments']);
-  const cp = await startController('replica-token');
+  const cp = await startController('replica-token', {
+    interception: { inbound: '0.0.0.0:15006', outbound: '0.0.0.0:15001' },
+  });
   try {
     const rootsPem = await eventually('the root ConfigMap', async () => {
       const r = await cluster.kubectl([
@@ -237,6 +239,16 @@ test('sidecars authenticate with a projected ServiceAccount token; configs follo
         first.inbound.map((p) => [p.port, p.mode]),
         [[8080, 'PERMISSIVE']],
       );
+
+      // A Service without a selector: its Endpoints (written by hand here) say where it goes.
+      await kubectl(['apply', '-f', '-'], SELECTORLESS);
+      const ext = await eventually('the selector-less Service in the config', () =>
+        configs.at(-1)?.outbound.find((o) => o.name === 'ext.pay.svc.cluster.local:80'),
+      );
+      assert.deepEqual(ext.endpoints, [
+        { address: '10.250.1.5:8080', tls: 'ISTIO_MUTUAL', workload: 'pay/payments-0' },
+        { address: '10.9.9.9:8080', tls: 'DISABLE' },
+      ]);
 
       await kubectl(['apply', '-f', '-'], STRICT_PA);
       const strict = await eventually('STRICT to reach the sidecar', () =>
@@ -423,6 +435,22 @@ spec:
       ports: [{containerPort: 8080, name: http}]
     - name: kmtls-proxy
       image: kmtls/kmtls
+`;
+
+const SELECTORLESS = `apiVersion: v1
+kind: Service
+metadata: {name: ext, namespace: pay}
+spec:
+  ports: [{name: http, port: 80}]
+---
+apiVersion: v1
+kind: Endpoints
+metadata: {name: ext, namespace: pay}
+subsets:
+  - addresses:
+      - {ip: 10.250.1.5, targetRef: {kind: Pod, name: payments-0, namespace: pay}}
+      - {ip: 10.9.9.9}
+    ports: [{name: http, port: 8080}]
 `;
 
 const STRICT_PA = `apiVersion: security.istio.io/v1

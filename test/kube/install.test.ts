@@ -497,6 +497,7 @@ describe('kmtls install: the objects', () => {
     for (const [group, resource] of [
       ['security.istio.io', 'peerauthentications'],
       ['networking.istio.io', 'destinationrules'],
+      ['discovery.k8s.io', 'endpointslices'],
     ] as const)
       assert.deepEqual(grants(group, resource)[0].verbs, ['get', 'list', 'watch']);
     // Only what the controller calls: no deletes of Secrets or RBAC objects, no events, no SARs.

@@ -455,3 +455,54 @@ spec:
     portModes: { '9000': { mode: 'STRICT', policy: 'shop/api' } },
   });
 });
+
+test('deriveProxyConfig: a Service without a selector goes where its listed endpoints say: pods by workload, other addresses in plaintext', () => {
+  const parsed = parseManifestText(
+    `apiVersion: v1
+kind: Namespace
+metadata: {name: shop, labels: {kmtls.io/injection: enabled}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: api, namespace: shop, labels: {app: api}}
+spec:
+  serviceAccountName: api
+  containers: [{name: api, ports: [{containerPort: 8080}]}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: ext, namespace: shop}
+spec:
+  clusterIP: 10.96.0.50
+  ports: [{name: http, port: 80}]
+`,
+    'x.yaml',
+  );
+  const read = readResources(parsed.objects);
+  const snapshot = buildMeshSnapshot({
+    ...read.resources,
+    serviceEndpoints: [
+      {
+        namespace: 'shop',
+        service: 'ext',
+        ports: [{ name: 'http', port: 8080 }],
+        addresses: [
+          { ip: '10.250.1.1', pod: 'api' },
+          { ip: '10.9.9.9', pod: undefined },
+        ],
+      },
+    ],
+  });
+  const pods: PlacedPod[] = podInstances(snapshot).map((p) => ({ ...p, podIP: '10.250.1.1' }));
+  const config = deriveProxyConfig(snapshot, pods, pods[0]!, ADDRESSING, {
+    version: '1',
+    interception: { inbound: '0.0.0.0:15006', outbound: '0.0.0.0:15001' },
+  });
+  const ext = outbound(config, 'ext.shop.svc.cluster.local:80');
+  assert.deepEqual(ext.endpoints, [
+    { address: '10.250.1.1:8080', tls: 'ISTIO_MUTUAL', workload: 'shop/api' },
+    { address: '10.9.9.9:8080', tls: 'DISABLE' },
+  ]);
+  assert.deepEqual(ext.expectedIdentities, ['spiffe://cluster.local/ns/shop/sa/api']);
+  assert.deepEqual(ext.match, ['10.96.0.50:80']);
+});
