@@ -221,6 +221,10 @@ function clusterRules(): PolicyRule[] {
     ),
     { apiGroups: ['discovery.k8s.io'], resources: ['endpointslices'], verbs: [...READ] },
     explained(
+      { apiGroups: [''], resources: ['nodes'], verbs: ['list'] },
+      ' The kubelet versions: native sidecars are injected only when every node runs them (1.29+).',
+    ),
+    explained(
       { apiGroups: ['security.istio.io'], resources: ['peerauthentications'], verbs: [...READ] },
       " Istio's security API, read only: kmtls never writes a policy or its status.",
     ),

@@ -13,10 +13,20 @@ import type { KubeSource } from './source.js';
 export const INJECT_PATH = WEBHOOK_PATH;
 const MAX_BODY = 4 * 1024 * 1024;
 
-/** Whether the API server's version runs native sidecars by default (see supportsNativeSidecar). */
+/**
+ * Whether the cluster runs native sidecars: the API server and every node's kubelet at 1.29 or
+ * later (kubelets may lag the API server by up to three minor versions, and an older kubelet would
+ * run the sidecar as an init container that never ends, so the pod never starts).
+ */
 export async function clusterSupportsNativeSidecars(kc: KubeConfig): Promise<boolean> {
   try {
-    return supportsNativeSidecar(await kc.makeApiClient(VersionApi).getCode());
+    if (!supportsNativeSidecar(await kc.makeApiClient(VersionApi).getCode())) return false;
+    const nodes = (await kc.makeApiClient(CoreV1Api).listNode()).items;
+    if (nodes.length === 0) return false;
+    return nodes.every((n) => {
+      const m = /^v?(\d+)\.(\d+)/.exec(n.status?.nodeInfo?.kubeletVersion ?? '');
+      return m !== null && supportsNativeSidecar({ major: m[1]!, minor: m[2]! });
+    });
   } catch {
     return false;
   }
@@ -53,13 +63,12 @@ export async function startInjectionWebhook(opts: {
     '127.0.0.1',
     ...(opts.listen.host !== '0.0.0.0' && opts.listen.host !== '127.0.0.1' ? [opts.listen.host] : []),
   ];
-  // Native sidecars need every kubelet at 1.29 or later, which the API server's version cannot tell
-  // (kubelets may lag it by up to three minor versions): off unless asked for, as Istio long had it.
-  // KMTLS_NATIVE_SIDECAR=true forces them, =auto decides from the API server's version.
-  const choice = process.env.KMTLS_NATIVE_SIDECAR ?? 'false';
+  // Native sidecars where the cluster runs them (API server and every kubelet at 1.29+, checked at
+  // start); KMTLS_NATIVE_SIDECAR=true or false overrides the check.
+  const choice = process.env.KMTLS_NATIVE_SIDECAR ?? 'auto';
   const native =
     opts.nativeSidecar ??
-    (choice === 'true' ? true : choice === 'auto' ? await clusterSupportsNativeSidecars(opts.kc) : false);
+    (choice === 'true' ? true : choice === 'false' ? false : await clusterSupportsNativeSidecars(opts.kc));
   const image = opts.image ?? process.env.KMTLS_PROXY_IMAGE ?? DEFAULT_PROXY_IMAGE;
   const controlPlaneAddress =
     opts.controlPlaneAddress ??

@@ -12,7 +12,12 @@ import { after, before, test } from 'node:test';
 import { fileURLToPath } from 'node:url';
 import { pino } from 'pino';
 import type { KubeControlPlaneOptions } from '../../src/kube/index.js';
-import { auditSecretReaders, loadKubeConfig, startKubeControlPlane } from '../../src/kube/index.js';
+import {
+  auditSecretReaders,
+  clusterSupportsNativeSidecars,
+  loadKubeConfig,
+  startKubeControlPlane,
+} from '../../src/kube/index.js';
 import type { ProxyConfig } from '../../src/mesh/index.js';
 import { controlPlaneIdentity } from '../../src/mesh/index.js';
 import { createRoot } from '../../src/pki/index.js';
@@ -416,6 +421,8 @@ test('a cacerts Secret in the control plane namespace is the plug-in CA, as in I
     });
     // No kmtls-ca Secret is made next to it.
     assert.equal((await cluster.kubectl(['get', 'secret', '-n', ns, 'kmtls-ca'])).code, 1);
+    // This API server is 1.20 (and has no nodes): no native sidecars.
+    assert.equal(await clusterSupportsNativeSidecars(loadKubeConfig(cluster.kubeconfig)), false);
   } finally {
     await cp.stop();
   }
