@@ -1,20 +1,7 @@
 import { readFileSync } from 'node:fs';
 import { readStdinText } from '../config/index.js';
 import { ERROR_CODES, exitCodeFor, KmtlsError } from '../errors.js';
-import { runAnalyze } from './analyze.js';
-import { runCa } from './ca.js';
-import { runCheckCommand } from './check.js';
-import { runControlPlane } from './controlplane.js';
-import { runExplain } from './explain.js';
-import { runInject } from './inject.js';
-import { runInstall } from './install.js';
 import type { CommandIo } from './io.js';
-import { runIptables } from './iptables.js';
-import { runProxy } from './proxy.js';
-import { runProxyWait } from './proxy-wait.js';
-import { runStatus } from './status.js';
-import { runUp } from './up.js';
-import { runValidate } from './validate.js';
 
 export const USAGE = `kmtls — mutual TLS for Kubernetes services, exact to Istio's PeerAuthentication
 
@@ -45,20 +32,24 @@ Every command that reads manifests takes -f PATH (file, directory or -, repeatab
 
 type Command = (argv: readonly string[], io: CommandIo) => Promise<number>;
 
-const COMMANDS: Record<string, Command> = {
-  ca: runCa,
-  check: runCheckCommand,
-  controlplane: runControlPlane,
-  explain: runExplain,
-  inject: runInject,
-  install: runInstall,
-  iptables: runIptables,
-  proxy: runProxy,
-  'proxy-wait': runProxyWait,
-  status: runStatus,
-  up: runUp,
-  validate: runValidate,
-  analyze: runAnalyze,
+/**
+ * Each command's module is loaded when the command runs: `kmtls version` or `kmtls validate` need not
+ * load the Kubernetes client, the proxy or the control plane, and start in a fraction of the time.
+ */
+const COMMANDS: Record<string, () => Promise<Command>> = {
+  ca: async () => (await import('./ca.js')).runCa,
+  check: async () => (await import('./check.js')).runCheckCommand,
+  controlplane: async () => (await import('./controlplane.js')).runControlPlane,
+  explain: async () => (await import('./explain.js')).runExplain,
+  inject: async () => (await import('./inject.js')).runInject,
+  install: async () => (await import('./install.js')).runInstall,
+  iptables: async () => (await import('./iptables.js')).runIptables,
+  proxy: async () => (await import('./proxy.js')).runProxy,
+  'proxy-wait': async () => (await import('./proxy-wait.js')).runProxyWait,
+  status: async () => (await import('./status.js')).runStatus,
+  up: async () => (await import('./up.js')).runUp,
+  validate: async () => (await import('./validate.js')).runValidate,
+  analyze: async () => (await import('./analyze.js')).runAnalyze,
 };
 
 function version(): string {
@@ -80,10 +71,10 @@ export async function run(argv: readonly string[], io: CommandIo): Promise<numbe
       io.stdout(`kmtls ${version()}\n`);
       return 0;
     }
-    const command = COMMANDS[name];
-    if (!command)
+    const load = COMMANDS[name];
+    if (!load)
       throw new KmtlsError('KMTLS_CLI_USAGE', `unknown command: ${JSON.stringify(name)}\n\n${USAGE}`);
-    return await command(rest, io);
+    return await (await load())(rest, io);
   } catch (err) {
     if (err instanceof KmtlsError && err.code in ERROR_CODES) {
       io.stderr(`error ${err.code}: ${err.message}\n`);

@@ -391,10 +391,11 @@ test('transparent interception in a pod network namespace: iptables rules, the s
     const before = sidecar.lines.length;
     for (const port of [15006, 15001]) {
       const r = await agent(peer, { op: 'line', host: POD_IP, port, line: 'loop?' });
-      assert.equal(r.answer, undefined, `no answer from ${port}: ${JSON.stringify(r)}`);
+      // Closed or reset, depending on timing; either way not a byte of answer.
+      assert.ok(!r.answer, `no answer from ${port}: ${JSON.stringify(r)}`);
     }
     const r = await agent(pod, { op: 'line', host: POD_IP, port: 15001, line: 'loop?' });
-    assert.equal(r.answer, undefined, `no answer from 15001 inside the pod: ${JSON.stringify(r)}`);
+    assert.ok(!r.answer, `no answer from 15001 inside the pod: ${JSON.stringify(r)}`);
     const refused = (l: LogLine) => l.msg === 'connection refused' && l.reason === 'NO_ORIGINAL_DST';
     const deadline = Date.now() + DEADLINE_MS;
     while (sidecar.lines.slice(before).filter(refused).length < 3 && Date.now() < deadline)
