@@ -9,6 +9,7 @@ import type { Watched } from '../controlplane/index.js';
 import {
   ControlPlane,
   ControlPlaneMetrics,
+  meteredObserver,
   startControlPlaneAdmin,
   startControlPlaneServer,
 } from '../controlplane/index.js';
@@ -258,22 +259,7 @@ export async function runControlPlane(argv: readonly string[], io: CommandIo): P
     clock,
     mesh: { trustDomain: ca.trustDomain, rootNamespace: values['root-namespace'] ?? 'istio-system' },
     ...(leafTtlMs ? { leafTtlMs } : {}),
-    observer: {
-      ...metricsObserver(metrics),
-      applied: (pod, version, latencyMs) => {
-        metrics.applied(pod, version, latencyMs);
-        if (latencyMs !== undefined)
-          log.info({ version, latencyMs }, 'change applied by every affected sidecar');
-      },
-      issued: (identity, method) => {
-        metrics.issued(identity, method);
-        log.info({ identity, method }, 'certificate issued');
-      },
-      refusedSigning: (reason) => {
-        metrics.refusedSigning();
-        log.warn({ code: 'KMTLS_PKI_UNAUTHENTICATED', reason }, 'certificate request refused');
-      },
-    },
+    observer: meteredObserver(metrics, log),
   });
   cpRef = cp;
   const api = await startControlPlaneServer({ controlPlane: cp, ca, clock, listen, serving });
@@ -342,17 +328,6 @@ export async function runControlPlane(argv: readonly string[], io: CommandIo): P
   await api.close();
   log.info('control plane stopped');
   return 0;
-}
-
-function metricsObserver(m: ControlPlaneMetrics) {
-  return {
-    pushed: () => m.pushed(),
-    applied: (pod: string, version: string, latency: number | undefined) => m.applied(pod, version, latency),
-    issued: (identity: string, method: string) => m.issued(identity, method),
-    refusedSigning: () => m.refusedSigning(),
-    configErrors: (n: number) => m.configErrors(n),
-    connected: (n: number) => m.connected(n),
-  };
 }
 
 async function runKubernetes(values: {

@@ -13,6 +13,7 @@ export {
   DEFAULT_HEARTBEAT_MS,
   DEFAULT_MAX_STREAM_BUFFER_BYTES,
   loopbackCaller,
+  meteredObserver,
   startControlPlaneAdmin,
   startControlPlaneServer,
 } from './server.js';

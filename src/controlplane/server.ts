@@ -74,6 +74,31 @@ export class ControlPlaneMetrics implements ControlPlaneObserver {
   }
 }
 
+/** What a running control plane reports: every event to the metrics, the notable ones to the log. */
+export function meteredObserver(
+  metrics: ControlPlaneMetrics,
+  log: Pick<Logger, 'info' | 'warn'>,
+): ControlPlaneObserver {
+  return {
+    pushed: () => metrics.pushed(),
+    applied: (pod, version, latencyMs) => {
+      metrics.applied(pod, version, latencyMs);
+      if (latencyMs !== undefined)
+        log.info({ version, latencyMs }, 'change applied by every affected sidecar');
+    },
+    issued: (identity, method) => {
+      metrics.issued(identity, method);
+      log.info({ identity, method }, 'certificate issued');
+    },
+    refusedSigning: (reason) => {
+      metrics.refusedSigning();
+      log.warn({ code: 'KMTLS_PKI_UNAUTHENTICATED', reason }, 'certificate request refused');
+    },
+    configErrors: (n) => metrics.configErrors(n),
+    connected: (n) => metrics.connected(n),
+  };
+}
+
 function readBody(req: http.IncomingMessage): Promise<string> {
   return new Promise((resolve, reject) => {
     const chunks: Buffer[] = [];

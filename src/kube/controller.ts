@@ -1,11 +1,11 @@
 import { generateKeyPairSync, randomBytes } from 'node:crypto';
 import type { KubeConfig, KubernetesObject, V1ConfigMap, V1Namespace } from '@kubernetes/client-node';
 import type { Logger } from 'pino';
-import type { ControlPlaneObserver } from '../controlplane/index.js';
 import {
   ControlPlane,
   ControlPlaneMetrics,
   loopbackCaller,
+  meteredObserver,
   startControlPlaneAdmin,
   startControlPlaneServer,
 } from '../controlplane/index.js';
@@ -179,20 +179,7 @@ export async function startKubeControlPlane(o: KubeControlPlaneOptions): Promise
   source.subscribe(reportErrors);
 
   const metrics = new ControlPlaneMetrics();
-  const observer: ControlPlaneObserver = {
-    pushed: () => metrics.pushed(),
-    applied: (pod, version, latencyMs) => metrics.applied(pod, version, latencyMs),
-    issued: (identity, method) => {
-      metrics.issued(identity, method);
-      log.info({ identity, method }, 'certificate issued');
-    },
-    refusedSigning: (reason) => {
-      metrics.refusedSigning();
-      log.warn({ code: 'KMTLS_PKI_UNAUTHENTICATED', reason }, 'certificate request refused');
-    },
-    configErrors: (n) => metrics.configErrors(n),
-    connected: (n) => metrics.connected(n),
-  };
+  const observer = meteredObserver(metrics, log);
   const cp = new ControlPlane({
     source,
     placement: source.placementWatch,

@@ -187,17 +187,9 @@ export class TransparentInbound {
   }
 
   private accept(socket: net.Socket): void {
-    const found = lookup(this.originalDst, socket);
-    if (!found.ok) {
-      refuseUnplaced(this.runtime, socket, 'inbound', this.address, 'NO_ORIGINAL_DST', found.why);
-      return;
-    }
-    const loop = loopReason(socket, found.dst, 'inbound', proxyPorts(this.runtime.config()));
-    if (loop) {
-      refuseUnplaced(this.runtime, socket, 'inbound', this.address, 'NO_ORIGINAL_DST', loop);
-      return;
-    }
-    const route = this.routes.inbound(found.dst.port);
+    const dst = redirectedDestination(this.runtime, this.originalDst, socket, 'inbound', this.address);
+    if (!dst) return;
+    const route = this.routes.inbound(dst.port);
     if (!route) {
       refuseUnplaced(
         this.runtime,
@@ -210,8 +202,28 @@ export class TransparentInbound {
       return;
     }
     const forward = (route.fixed ?? route.handler.config).forward;
-    route.handler.handle(socket, route.fixed, inboundTarget(found.dst, forward));
+    route.handler.handle(socket, route.fixed, inboundTarget(dst, forward));
   }
+}
+
+/**
+ * Where a redirected connection was going, or undefined after refusing it: one that arrived without
+ * being redirected, or that was aimed at the proxy's own ports (dialled directly, it would loop).
+ */
+function redirectedDestination(
+  runtime: ProxyRuntime,
+  originalDst: OriginalDstLookup,
+  socket: net.Socket,
+  direction: 'inbound' | 'outbound',
+  address: string,
+): OriginalDestination | undefined {
+  const found = lookup(originalDst, socket);
+  const why = found.ok ? loopReason(socket, found.dst, direction, proxyPorts(runtime.config())) : found.why;
+  if (why !== undefined) {
+    refuseUnplaced(runtime, socket, direction, address, 'NO_ORIGINAL_DST', why);
+    return undefined;
+  }
+  return found.ok ? found.dst : undefined;
 }
 
 /**
@@ -240,23 +252,15 @@ export class TransparentOutbound {
   }
 
   private accept(socket: net.Socket): void {
-    const found = lookup(this.originalDst, socket);
-    if (!found.ok) {
-      refuseUnplaced(this.runtime, socket, 'outbound', this.address, 'NO_ORIGINAL_DST', found.why);
-      return;
-    }
-    const loop = loopReason(socket, found.dst, 'outbound', proxyPorts(this.runtime.config()));
-    if (loop) {
-      refuseUnplaced(this.runtime, socket, 'outbound', this.address, 'NO_ORIGINAL_DST', loop);
-      return;
-    }
-    const key = destinationKey(found.dst);
+    const dst = redirectedDestination(this.runtime, this.originalDst, socket, 'outbound', this.address);
+    if (!dst) return;
+    const key = destinationKey(dst);
     const handler = this.routes.outbound(key);
     if (handler) {
       handler.handle(socket);
       return;
     }
-    this.passThrough(socket, found.dst, key);
+    this.passThrough(socket, dst, key);
   }
 
   private passThrough(client: net.Socket, dst: OriginalDestination, key: string): void {

@@ -3,6 +3,9 @@
  * validators as manifests, so a test reads like the manifest it stands for.
  */
 import assert from 'node:assert/strict';
+import { parseManifestText, readResources } from '../../src/config/index.js';
+import type { MeshSnapshot } from '../../src/mesh/index.js';
+import { buildMeshSnapshot } from '../../src/mesh/index.js';
 import type {
   DestinationRule,
   MeshMembership,
@@ -131,4 +134,19 @@ export function paRaw(namespace: string, name: string, spec: unknown, opts: Meta
     spec,
     locate: () => undefined,
   };
+}
+
+/**
+ * A mesh snapshot from manifest YAML, read the way `kmtls` reads files; the YAML must be free of
+ * errors, so a typo in a test fails loudly instead of silently dropping an object.
+ */
+export function snapshotOf(yaml: string, rootNamespace?: string): MeshSnapshot {
+  const parsed = parseManifestText(yaml, 'test.yaml');
+  assert.deepEqual(parsed.diagnostics, []);
+  const read = readResources(parsed.objects);
+  assert.deepEqual(
+    read.diagnostics.filter((d) => d.severity === 'error'),
+    [],
+  );
+  return buildMeshSnapshot(read.resources, rootNamespace ? { rootNamespace } : {});
 }

@@ -18,6 +18,7 @@ import path from 'node:path';
 import type { TestContext } from 'node:test';
 import { test } from 'node:test';
 import { stringify } from 'yaml';
+import { required } from '../helpers/kube.js';
 import type { Material } from '../helpers/proxy-harness.js';
 import { testCa, within } from '../helpers/proxy-harness.js';
 
@@ -162,8 +163,12 @@ async function writeCerts(dir: string, m: Material, owner?: number): Promise<voi
   }
 }
 
-/** Why this machine cannot run the test, or undefined when it can. */
+/** Why this machine cannot run the test; under CI (KMTLS_REQUIRE_KUBE=1) that is a failure, not a skip. */
 function missingPrerequisite(): string | undefined {
+  return required(prerequisiteProblem());
+}
+
+function prerequisiteProblem(): string | undefined {
   if (process.platform !== 'linux') return 'network namespaces are Linux-only';
   if (process.getuid?.() !== 0) return 'needs root (network namespaces and iptables)';
   const ip = spawnSync('ip', ['netns', 'list'], { encoding: 'utf8' });

@@ -7,7 +7,6 @@
  */
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
-import { parseManifestText, readResources } from '../../src/config/index.js';
 import type { LocalPlan, LocalPod } from '../../src/local/plan.js';
 import {
   CONTROL_PLANE_PORT,
@@ -18,19 +17,8 @@ import {
   planMesh,
   SIDECAR_ADMIN_PORT,
 } from '../../src/local/plan.js';
-import type { MeshSnapshot } from '../../src/mesh/index.js';
-import { buildMeshSnapshot, placementSchema } from '../../src/mesh/index.js';
-
-function snapshotOf(yaml: string): MeshSnapshot {
-  const parsed = parseManifestText(yaml, 'x.yaml');
-  assert.deepEqual(parsed.diagnostics, []);
-  const read = readResources(parsed.objects);
-  assert.deepEqual(
-    read.diagnostics.filter((d) => d.severity === 'error'),
-    [],
-  );
-  return buildMeshSnapshot(read.resources);
-}
+import { placementSchema } from '../../src/mesh/index.js';
+import { snapshotOf } from '../helpers/builders.js';
 
 // ---------------------------------------------------------------------------------------------
 // expandVars

@@ -6,13 +6,7 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import { parseManifestText, readResources } from '../../src/config/index.js';
-import type {
-  MeshSnapshot,
-  OutboundConfig,
-  PlacedPod,
-  PodAddressing,
-  ProxyConfig,
-} from '../../src/mesh/index.js';
+import type { OutboundConfig, PlacedPod, PodAddressing, ProxyConfig } from '../../src/mesh/index.js';
 import {
   buildMeshSnapshot,
   deriveProxyConfig,
@@ -20,17 +14,7 @@ import {
   podInstances,
   portProtocol,
 } from '../../src/mesh/index.js';
-
-function snapshotOf(yaml: string): MeshSnapshot {
-  const parsed = parseManifestText(yaml, 'x.yaml');
-  assert.deepEqual(parsed.diagnostics, []);
-  const read = readResources(parsed.objects);
-  assert.deepEqual(
-    read.diagnostics.filter((d) => d.severity === 'error'),
-    [],
-  );
-  return buildMeshSnapshot(read.resources);
-}
+import { snapshotOf } from '../helpers/builders.js';
 
 // ---------------------------------------------------------------------------------------------
 // podInstances

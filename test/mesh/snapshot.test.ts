@@ -1,9 +1,6 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
-import { parseManifestText, readResources } from '../../src/config/index.js';
-import type { MeshSnapshot } from '../../src/mesh/index.js';
 import {
-  buildMeshSnapshot,
   collectProbes,
   discoverCallers,
   explainEdge,
@@ -11,17 +8,7 @@ import {
   findWorkload,
   resolveHost,
 } from '../../src/mesh/index.js';
-
-function snapshotOf(yaml: string, rootNamespace?: string): MeshSnapshot {
-  const parsed = parseManifestText(yaml, 'test.yaml');
-  assert.deepEqual(parsed.diagnostics, []);
-  const read = readResources(parsed.objects);
-  assert.deepEqual(
-    read.diagnostics.filter((d) => d.severity === 'error'),
-    [],
-  );
-  return buildMeshSnapshot(read.resources, rootNamespace ? { rootNamespace } : {});
-}
+import { snapshotOf } from '../helpers/builders.js';
 
 function ns(name: string, labels: Record<string, string> = {}): string {
   return `apiVersion: v1\nkind: Namespace\nmetadata:\n  name: ${name}\n  labels: ${JSON.stringify(labels)}\n---\n`;
