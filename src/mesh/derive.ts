@@ -73,18 +73,30 @@ function compareNames(a: string, b: string): number {
   return a.localeCompare(b, 'en', { numeric: true });
 }
 
+/** Istio's protocols (`protocol.Parse`, case-insensitive) that are HTTP: `IsHTTP()`. */
+const HTTP_PROTOCOLS = new Set(['http', 'http2', 'grpc', 'grpc-web', 'http_proxy']);
+/** Istio's protocols that are not HTTP: a name or appProtocol among them is TCP, not "unknown". */
+const OTHER_PROTOCOLS = new Set(['tcp', 'udp', 'https', 'tls', 'mongo', 'redis', 'mysql']);
+
 /**
- * The protocol a sidecar speaks on a port, as Istio infers it: `appProtocol` first, then the port
- * name's prefix (`http`, `http-*`). kmtls's HTTP layer is HTTP/1.1, so `http2`, `grpc` and `h2c`
- * ports are carried as TCP: byte for byte, still mTLS, without per-request metrics or the
- * `x-forwarded-client-cert` header.
+ * The protocol a sidecar speaks on a port, as Istio infers it (`kube.ConvertProtocol`): a known
+ * `appProtocol` first (`kubernetes.io/h2c` is HTTP/2), else the port name (`grpc-web*`, or the
+ * prefix before the first `-`). HTTP ports carry HTTP/1.1 and HTTP/2 (gRPC, h2c) alike; kmtls
+ * treats a port Istio would sniff (no known protocol) as TCP.
  */
 export function portProtocol(port: Pick<ServicePort, 'name' | 'appProtocol'> | undefined): 'http' | 'tcp' {
   if (!port) return 'tcp';
   const app = port.appProtocol?.toLowerCase();
-  if (app !== undefined) return app === 'http' || app === 'kubernetes.io/http' ? 'http' : 'tcp';
-  const prefix = (port.name ?? '').toLowerCase().split('-')[0];
-  return prefix === 'http' ? 'http' : 'tcp';
+  if (app === 'kubernetes.io/h2c' || app === 'kubernetes.io/http' || app === 'kubernetes.io/ws')
+    return 'http';
+  if (
+    app !== undefined &&
+    (HTTP_PROTOCOLS.has(app) || OTHER_PROTOCOLS.has(app) || app === 'kubernetes.io/wss')
+  )
+    return HTTP_PROTOCOLS.has(app) ? 'http' : 'tcp';
+  const name = (port.name ?? '').toLowerCase();
+  if (name.startsWith('grpc-web')) return 'http';
+  return HTTP_PROTOCOLS.has(name.split('-')[0]!) ? 'http' : 'tcp';
 }
 
 /** The policy that set the mode: the last step of the chain that set it, or `default`. */

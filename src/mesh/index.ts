@@ -35,6 +35,7 @@ export type {
   ProxyConfigResult,
 } from './proxy-config.js';
 export {
+  CLIENT_ALPN_H2,
   CLIENT_ALPN_HTTP,
   CLIENT_ALPN_TCP,
   interceptionSchema,

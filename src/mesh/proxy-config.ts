@@ -157,6 +157,8 @@ export const MESH_ALPNS = [
 /** What a client sidecar offers: TCP ports (Istio's ALPNInMeshWithMxc) and HTTP/1.1 ports (istio.alpn filter). */
 export const CLIENT_ALPN_TCP = ['istio-peer-exchange', 'istio'] as const;
 export const CLIENT_ALPN_HTTP = ['istio-http/1.1', 'istio', 'http/1.1'] as const;
+/** What a client sidecar offers for HTTP/2 (gRPC, h2c) on HTTP ports (Istio's istio.alpn filter). */
+export const CLIENT_ALPN_H2 = ['istio-h2', 'istio', 'h2'] as const;
 
 export type ProxyConfigResult = { ok: true; config: ProxyConfig } | { ok: false; problems: string[] };
 

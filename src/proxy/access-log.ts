@@ -38,6 +38,8 @@ export function accessLog(log: Logger): ProxyObserver {
           method: r.method,
           path: r.path,
           status: r.status,
+          protocol: r.protocol,
+          grpcStatus: r.grpcStatus,
           durationMs: r.durationMs,
           sourcePrincipal: r.connection.sourcePrincipal,
           transport: r.connection.transport,

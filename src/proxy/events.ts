@@ -64,6 +64,10 @@ export interface RequestRecord {
   readonly method: string;
   readonly path: string;
   readonly status: number;
+  /** Istio's `request_protocol`: `grpc` for gRPC requests, else `http`. */
+  readonly protocol: 'http' | 'grpc';
+  /** gRPC's own status (`grpc-status`), when the answer carried one. */
+  readonly grpcStatus?: string;
   readonly durationMs: number;
 }
 

@@ -10,10 +10,38 @@ import type { ProxyIdentity } from './certs.js';
 import { peerChain } from './certs.js';
 import { detectTransport, MAX_CLIENT_HELLO_BYTES } from './detect.js';
 import type { ConnectionRecord, RefusalReason } from './events.js';
+import { InboundHttp2, sniffHttpVersion } from './http2.js';
 import type { LiveConnection, ProxyRuntime } from './runtime.js';
-import { listenOn, parseAddress, reportRequest, splice } from './runtime.js';
+import { http1Outcome, listenOn, parseAddress, reportRequest, splice } from './runtime.js';
 
 const XFCC = 'x-forwarded-client-cert';
+
+/**
+ * The `x-forwarded-client-cert` value for requests on one mTLS connection, in Envoy's format
+ * (SANITIZE_SET, as Istio's sidecars configure it): this proxy's identity, the client certificate's
+ * SHA-256, its (empty) subject and its SPIFFE URI. Undefined when the client has no principal.
+ */
+export function xfccValue(
+  mtls: { identity: ProxyIdentity; peerCertificate: Buffer },
+  record: ConnectionRecord,
+): string | undefined {
+  if (!record.sourcePrincipal) return undefined;
+  const hash = createHash('sha256').update(mtls.peerCertificate).digest('hex');
+  return `By=${mtls.identity.identity};Hash=${hash};Subject="";URI=${record.sourcePrincipal}`;
+}
+
+/**
+ * The ALPN the server side selects, as Istio's inbound TLS context does (`h2`, then `http/1.1`, by
+ * the server's preference) when the client offers one; none otherwise, which Node would turn into a
+ * fatal alert if it were left to choose. `istio-peer-exchange` is never selected: it would promise the
+ * client Istio's metadata exchange, which kmtls does not speak.
+ */
+function serverAlpn(offered: readonly string[]): { ALPNProtocols?: string[] } {
+  const pick = SERVER_ALPN.find((p) => offered.includes(p));
+  return pick ? { ALPNProtocols: [pick] } : {};
+}
+
+const SERVER_ALPN = ['h2', 'http/1.1'] as const;
 
 /** Maps a handshake error to a refusal reason. */
 export function handshakeReason(err: Error & { code?: string }): RefusalReason {
@@ -60,6 +88,7 @@ export class InboundListener {
   private server: net.Server | undefined;
   private readonly http: http.Server;
   private readonly agent: http.Agent;
+  private readonly http2: InboundHttp2;
   private readonly live = new Set<LiveConnection>();
   /** Chains clients presented in full handshakes, by leaf, for their resumed sessions. */
   private readonly knownChains = new ChainMemory();
@@ -79,6 +108,7 @@ export class InboundListener {
       if (socket.writable) socket.end('HTTP/1.1 400 Bad Request\r\nconnection: close\r\n\r\n');
       else socket.destroy();
     });
+    this.http2 = new InboundHttp2(runtime, XFCC);
   }
 
   get config(): InboundPortConfig {
@@ -116,6 +146,7 @@ export class InboundListener {
   async close(): Promise<void> {
     for (const c of this.live) c.close('POLICY_CHANGED', 'listener closed');
     this.agent.destroy();
+    this.http2.close();
     await new Promise<void>((resolve) => (this.server ? this.server.close(() => resolve()) : resolve()));
   }
 
@@ -243,12 +274,12 @@ export class InboundListener {
             `plaintext on STRICT port ${port.port} (policy ${port.policy})`,
           );
         } else {
-          this.terminate(port, socket, record, finish);
+          this.terminate(port, socket, record, finish, detection.alpn);
         }
         return;
       case 'PERMISSIVE':
         if (meshAlpn) {
-          this.terminate(port, socket, record, finish);
+          this.terminate(port, socket, record, finish, detection.alpn);
           return;
         }
         if (isTls && port.protocol === 'http') {
@@ -289,6 +320,7 @@ export class InboundListener {
     socket: net.Socket,
     record: ConnectionRecord,
     finish: (outcome: 'accepted' | 'refused', reason?: RefusalReason, message?: string) => void,
+    offered: readonly string[],
   ): void {
     const rt = this.runtime;
     const identity = rt.identity();
@@ -302,6 +334,7 @@ export class InboundListener {
       secureContext: identity.serverContext,
       requestCert: true,
       rejectUnauthorized: false,
+      ...serverAlpn(offered),
     });
     const timer = setTimeout(
       () =>
@@ -371,18 +404,31 @@ export class InboundListener {
     // removed; TLS we cannot read (the application's own) is forwarded untouched.
     const localAddress = this.sources.get(record);
     if (port.protocol === 'http' && record.transport !== 'app-tls' && record.transport !== 'tls') {
-      (stream as net.Socket & { kmtls?: unknown }).kmtls = {
-        record,
-        mtls,
-        forward: port.forward,
-        localAddress,
-      };
       stream.on('close', () => finish('accepted'));
       // A client that ended before sending a request (at most a fragment of a ClientHello, which
       // is no HTTP) will send none: end our side too, or the half-open socket would stay forever.
       if (endedWith) return void stream.end();
-      this.http.emit('connection', stream);
-      stream.resume();
+      // HTTP/1.1 or HTTP/2 (gRPC, h2c): the first bytes say which, as Envoy's automatic codec reads them.
+      sniffHttpVersion(stream, (version) => {
+        if (version === 'ended') return void stream.end();
+        if (version === 'h2') {
+          this.http2.serve(stream, {
+            record,
+            xfcc: mtls ? xfccValue(mtls, record) : undefined,
+            forward: port.forward,
+            localAddress,
+          });
+          return;
+        }
+        (stream as net.Socket & { kmtls?: unknown }).kmtls = {
+          record,
+          mtls,
+          forward: port.forward,
+          localAddress,
+        };
+        this.http.emit('connection', stream);
+        stream.resume();
+      });
       return;
     }
     const { host, port: appPort } = parseAddress(port.forward);
@@ -428,11 +474,8 @@ export class InboundListener {
     const forward = ctx?.forward ?? this.port.forward;
     const headers = { ...req.headers };
     delete headers[XFCC];
-    if (ctx?.mtls && ctx.record.sourcePrincipal) {
-      const hash = createHash('sha256').update(ctx.mtls.peerCertificate).digest('hex');
-      headers[XFCC] =
-        `By=${ctx.mtls.identity.identity};Hash=${hash};Subject="";URI=${ctx.record.sourcePrincipal}`;
-    }
+    const xfcc = ctx?.mtls ? xfccValue(ctx.mtls, ctx.record) : undefined;
+    if (xfcc) headers[XFCC] = xfcc;
     const { host, port } = parseAddress(forward);
     const upstream = http.request(
       {
@@ -448,7 +491,7 @@ export class InboundListener {
         res.writeHead(upRes.statusCode ?? 502, upRes.statusMessage, upRes.headers);
         upRes.pipe(res);
         upRes.on('end', () =>
-          reportRequest(this.runtime, ctx?.record, req, upRes.statusCode ?? 502, started),
+          reportRequest(this.runtime, ctx?.record, http1Outcome(req, upRes.statusCode ?? 502, started)),
         );
       },
     );
@@ -459,7 +502,7 @@ export class InboundListener {
       } else {
         res.destroy();
       }
-      reportRequest(this.runtime, ctx?.record, req, 503, started);
+      reportRequest(this.runtime, ctx?.record, http1Outcome(req, 503, started));
     });
     req.pipe(upstream);
   }

@@ -52,7 +52,7 @@ export class ProxyMetrics implements ProxyObserver {
       labelNames,
       registers: r,
     });
-    const requestLabels = [...TCP_LABELS, 'response_code', 'request_protocol'];
+    const requestLabels = [...TCP_LABELS, 'response_code', 'grpc_response_status', 'request_protocol'];
     this.requests = new Counter({
       name: 'istio_requests_total',
       help: 'Requests',
@@ -113,7 +113,12 @@ export class ProxyMetrics implements ProxyObserver {
   }
 
   request(r: RequestRecord): void {
-    const l = { ...this.labels(r.connection), response_code: String(r.status), request_protocol: 'http' };
+    const l = {
+      ...this.labels(r.connection),
+      response_code: String(r.status),
+      grpc_response_status: r.grpcStatus ?? '',
+      request_protocol: r.protocol,
+    };
     this.requests.inc(l);
     this.duration.observe(l, r.durationMs);
   }

@@ -2,13 +2,16 @@ import http from 'node:http';
 import type net from 'node:net';
 import type { OutboundConfig, OutboundEndpointConfig } from '../mesh/index.js';
 import type { ConnectionRecord, RefusalReason } from './events.js';
+import { OutboundHttp2, sniffHttpVersion } from './http2.js';
 import type { ProxyRuntime } from './runtime.js';
-import { reportRequest } from './runtime.js';
+import { http1Outcome, reportRequest } from './runtime.js';
 
 /** Opens one upstream connection to an endpoint: TLS, verification and secure naming included. */
 export type EndpointConnector = (
   ep: OutboundEndpointConfig,
   record: ConnectionRecord,
+  /** The connection will carry HTTP/2: offer it in ALPN (mesh mTLS: `istio-h2`; DestinationRule TLS: `h2`). */
+  h2?: boolean,
 ) => Promise<
   { ok: true; socket: net.Socket } | { ok: false; reason: RefusalReason; message: string; retryable: boolean }
 >;
@@ -43,6 +46,7 @@ export class HttpOutbound {
   private readonly server: http.Server;
   private readonly agents = new Map<string, http.Agent>();
   private next = 0;
+  private readonly http2: OutboundHttp2;
 
   constructor(
     private readonly dest: () => OutboundConfig,
@@ -56,16 +60,23 @@ export class HttpOutbound {
       if (socket.writable) socket.end('HTTP/1.1 400 Bad Request\r\nconnection: close\r\n\r\n');
       else socket.destroy();
     });
+    this.http2 = new OutboundHttp2(dest, runtime, connect);
   }
 
   /** Serves one downstream connection. */
   serve(client: net.Socket, record: ConnectionRecord): void {
-    (client as net.Socket & { kmtls?: ConnectionRecord }).kmtls = record;
-    this.server.emit('connection', client);
-    client.resume();
+    // HTTP/1.1 or HTTP/2 (gRPC, h2c): the first bytes say which.
+    sniffHttpVersion(client, (version) => {
+      if (version === 'ended') return void client.end();
+      if (version === 'h2') return this.http2.serve(client, record);
+      (client as net.Socket & { kmtls?: ConnectionRecord }).kmtls = record;
+      this.server.emit('connection', client);
+      client.resume();
+    });
   }
 
   close(): void {
+    this.http2.close();
     for (const a of this.agents.values()) a.destroy();
     this.agents.clear();
   }
@@ -137,7 +148,9 @@ export class HttpOutbound {
             if (!HOP_BY_HOP.includes(k) && v !== undefined) out[k] = v;
           res.writeHead(upRes.statusCode ?? 502, upRes.statusMessage, out);
           upRes.pipe(res);
-          upRes.on('end', () => reportRequest(this.runtime, record, req, upRes.statusCode ?? 502, started));
+          upRes.on('end', () =>
+            reportRequest(this.runtime, record, http1Outcome(req, upRes.statusCode ?? 502, started)),
+          );
         },
       );
       upstream.on('error', (err) => {
@@ -155,7 +168,7 @@ export class HttpOutbound {
         } else {
           res.destroy();
         }
-        reportRequest(this.runtime, record, req, 503, started);
+        reportRequest(this.runtime, record, http1Outcome(req, 503, started));
       });
       req.pipe(upstream);
     };

@@ -2,7 +2,7 @@ import { readFileSync } from 'node:fs';
 import net from 'node:net';
 import tls from 'node:tls';
 import type { OutboundConfig, OutboundEndpointConfig } from '../mesh/index.js';
-import { CLIENT_ALPN_HTTP, CLIENT_ALPN_TCP } from '../mesh/index.js';
+import { CLIENT_ALPN_H2, CLIENT_ALPN_HTTP, CLIENT_ALPN_TCP } from '../mesh/index.js';
 import { verifyPeerChain } from '../pki/index.js';
 import type { ProxyIdentity } from './certs.js';
 import { AEAD_CIPHERS, peerChain } from './certs.js';
@@ -62,7 +62,7 @@ export class OutboundListener {
     this.http = new HttpOutbound(
       () => this.dest,
       runtime,
-      (ep, record) => this.connectOne(ep, record),
+      (ep, record, h2) => this.connectOne(ep, record, h2),
     );
   }
 
@@ -181,7 +181,7 @@ export class OutboundListener {
     return last;
   }
 
-  private connectOne(ep: OutboundEndpointConfig, record: ConnectionRecord): Promise<Attempt> {
+  private connectOne(ep: OutboundEndpointConfig, record: ConnectionRecord, h2 = false): Promise<Attempt> {
     const rt = this.runtime;
     const { host, port } = parseAddress(ep.address);
     record.destinationPrincipal = undefined;
@@ -223,7 +223,9 @@ export class OutboundListener {
           host,
           port,
           secureContext: identity.clientContext,
-          ALPNProtocols: [...(this.dest.protocol === 'http' ? CLIENT_ALPN_HTTP : CLIENT_ALPN_TCP)],
+          ALPNProtocols: [
+            ...(h2 ? CLIENT_ALPN_H2 : this.dest.protocol === 'http' ? CLIENT_ALPN_HTTP : CLIENT_ALPN_TCP),
+          ],
           rejectUnauthorized: false,
           minVersion: 'TLSv1.2',
         };
@@ -237,6 +239,7 @@ export class OutboundListener {
             port,
             servername: t.sni,
             ciphers: AEAD_CIPHERS,
+            ...(h2 ? { ALPNProtocols: ['h2'] } : {}),
             minVersion: 'TLSv1.2',
             ...(t.caCertificates ? { ca: readFileSync(t.caCertificates) } : {}),
             ...(ep.tls === 'MUTUAL' && t.clientCertificate

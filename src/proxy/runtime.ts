@@ -90,20 +90,36 @@ export function splice(
   b.on('close', finish);
 }
 
+/** One finished HTTP request, as the HTTP/1.1 and HTTP/2 layers both describe it. */
+export interface RequestOutcome {
+  readonly method: string;
+  readonly path: string;
+  readonly status: number;
+  readonly started: number;
+  readonly protocol: 'http' | 'grpc';
+  /** gRPC's own status (`grpc-status`), when the answer carried one. */
+  readonly grpcStatus?: string;
+}
+
 /** Reports one HTTP request on a connection to the observer (metrics and access log). */
 export function reportRequest(
   runtime: ProxyRuntime,
   record: ConnectionRecord | undefined,
-  req: IncomingMessage,
-  status: number,
-  startedMs: number,
+  r: RequestOutcome,
 ): void {
   if (!record) return;
   runtime.observer.request({
     connection: record,
-    method: req.method ?? '',
-    path: req.url ?? '',
-    status,
-    durationMs: runtime.clock.now() - startedMs,
+    method: r.method,
+    path: r.path,
+    status: r.status,
+    protocol: r.protocol,
+    ...(r.grpcStatus !== undefined ? { grpcStatus: r.grpcStatus } : {}),
+    durationMs: runtime.clock.now() - r.started,
   });
+}
+
+/** The outcome of an HTTP/1.1 request (gRPC needs HTTP/2, so it is `http`). */
+export function http1Outcome(req: IncomingMessage, status: number, started: number): RequestOutcome {
+  return { method: req.method ?? '', path: req.url ?? '', status, started, protocol: 'http' };
 }

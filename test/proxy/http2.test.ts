@@ -1,0 +1,451 @@
+/**
+ * HTTP/2 on HTTP ports: gRPC and h2c through the whole chain (application → client sidecar → mTLS
+ * → server sidecar → application), on real sockets. What is checked: `x-forwarded-client-cert` is
+ * set by the server sidecar and a client's own is never passed on; trailers (gRPC's status) and
+ * trailers-only answers arrive; streams share one upstream connection; refusals become 503s with
+ * their reason; curl (nghttp2) as an outside client, by ALPN over TLS and by prior knowledge.
+ */
+import assert from 'node:assert/strict';
+import { X509Certificate } from 'node:crypto';
+import { EventEmitter, once } from 'node:events';
+import http2 from 'node:http2';
+import type { AddressInfo } from 'node:net';
+import type { TestContext } from 'node:test';
+import { test } from 'node:test';
+import type { ConnectionRecord, ProxyObserver } from '../../src/proxy/index.js';
+import { buildIdentity, fanOut, ProxyMetrics, Sidecar } from '../../src/proxy/index.js';
+import { runPeer, writeTempFiles } from '../helpers/peers.js';
+import type { RecordingObserver } from '../helpers/proxy-harness.js';
+import { freePort, proxyConfig, recordingObserver, testCa, within } from '../helpers/proxy-harness.js';
+
+const TEST = { timeout: 20_000 };
+const CLIENT_ID = 'spiffe://cluster.local/ns/shop/sa/frontend';
+const SERVER_ID = 'spiffe://cluster.local/ns/finance/sa/payments';
+const SERVICE = 'payments.finance.svc.cluster.local:9090';
+const XFCC = 'x-forwarded-client-cert';
+const FORGED = 'By=spiffe://evil/ns/x/sa/y;URI=spiffe://cluster.local/ns/kube-system/sa/admin';
+
+const MESH = testCa();
+const CLIENT_MATERIAL = MESH.issue(CLIENT_ID);
+const CLIENT = buildIdentity(CLIENT_MATERIAL);
+const SERVER = MESH.identity(SERVER_ID);
+
+/** A gRPC message: the 5-byte prefix (not compressed, length) and the payload. */
+function grpcFrame(payload: string): Buffer {
+  const body = Buffer.from(payload);
+  const prefix = Buffer.alloc(5);
+  prefix.writeUInt32BE(body.length, 1);
+  return Buffer.concat([prefix, body]);
+}
+
+interface H2App {
+  readonly address: string;
+  /** Request headers of every stream, in order. */
+  readonly requests: http2.IncomingHttpHeaders[];
+  /** HTTP/2 connections the application accepted. */
+  sessions(): number;
+  /** Streams the client reset before the application answered. */
+  readonly aborted: string[];
+  /** Emits `request` for every stream and `aborted` for every reset one. */
+  readonly events: EventEmitter;
+}
+
+/**
+ * An h2c application in the style of a gRPC server: `/echo.Echo/Say` answers the request's
+ * message prefixed with `hello `, then trailers with grpc-status 0; `/echo.Echo/Missing` is a
+ * trailers-only answer (grpc-status 5); `/plain` is an ordinary HTTP/2 answer without trailers;
+ * `/hang` never answers.
+ */
+async function startH2App(t: TestContext): Promise<H2App> {
+  const requests: http2.IncomingHttpHeaders[] = [];
+  const aborted: string[] = [];
+  const events = new EventEmitter();
+  let sessions = 0;
+  const server = http2.createServer();
+  server.on('session', () => sessions++);
+  server.on('stream', (stream, headers) => {
+    stream.on('error', () => {});
+    requests.push(headers);
+    events.emit('request', headers);
+    const path = String(headers[':path']);
+    if (path === '/hang') {
+      stream.on('close', () => {
+        if (stream.rstCode === http2.constants.NGHTTP2_NO_ERROR) return;
+        aborted.push(`${path} rst ${stream.rstCode}`);
+        events.emit('aborted', path);
+      });
+      return;
+    }
+    if (path === '/echo.Echo/Missing') {
+      stream.respond(
+        {
+          ':status': 200,
+          'content-type': 'application/grpc',
+          'grpc-status': '5',
+          'grpc-message': 'no such thing',
+        },
+        { endStream: true },
+      );
+      return;
+    }
+    const chunks: Buffer[] = [];
+    stream.on('data', (d: Buffer) => chunks.push(d));
+    stream.on('end', () => {
+      const body = Buffer.concat(chunks);
+      if (path === '/plain') {
+        stream.respond({ ':status': 200, 'content-type': 'text/plain' });
+        stream.end(`app saw ${headers[':method']} ${path} ${headers[XFCC] ?? 'no xfcc'}\n`);
+        return;
+      }
+      stream.respond({ ':status': 200, 'content-type': 'application/grpc' }, { waitForTrailers: true });
+      stream.on('wantTrailers', () => stream.sendTrailers({ 'grpc-status': '0', 'grpc-message': 'OK' }));
+      stream.end(grpcFrame(`hello ${body.subarray(5).toString()}`));
+    });
+  });
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  const openSessions = new Set<http2.ServerHttp2Session>();
+  server.on('session', (s) => {
+    openSessions.add(s);
+    s.on('close', () => openSessions.delete(s));
+  });
+  // Sessions the sidecar keeps open would hold close() forever: they go first.
+  t.after(async () => {
+    for (const s of openSessions) s.destroy();
+    await new Promise<void>((resolve) => server.close(() => resolve()));
+  });
+  return {
+    address: `127.0.0.1:${(server.address() as AddressInfo).port}`,
+    requests,
+    aborted,
+    events,
+    sessions: () => sessions,
+  };
+}
+
+interface Answer {
+  readonly headers: http2.IncomingHttpHeaders;
+  readonly body: Buffer;
+  readonly trailers: http2.IncomingHttpHeaders | undefined;
+}
+
+/** One request on an open session, the whole answer awaited. */
+function call(
+  session: http2.ClientHttp2Session,
+  headers: http2.OutgoingHttpHeaders,
+  body?: Buffer,
+): Promise<Answer> {
+  return within(
+    new Promise<Answer>((resolve, reject) => {
+      const req = session.request(headers, body ? {} : { endStream: true });
+      let response: http2.IncomingHttpHeaders = {};
+      let trailers: http2.IncomingHttpHeaders | undefined;
+      const chunks: Buffer[] = [];
+      req.on('response', (h) => {
+        response = h;
+      });
+      req.on('trailers', (tr) => {
+        trailers = tr;
+      });
+      req.on('data', (d: Buffer) => chunks.push(d));
+      req.on('end', () => resolve({ headers: response, body: Buffer.concat(chunks), trailers }));
+      req.on('error', reject);
+      if (body) req.end(body);
+    }),
+    `an answer to ${String(headers[':path'])}`,
+  );
+}
+
+function h2c(t: TestContext, port: number): http2.ClientHttp2Session {
+  const session = http2.connect(`http://127.0.0.1:${port}`);
+  session.on('error', () => {});
+  t.after(() => session.destroy());
+  return session;
+}
+
+const grpcCall = (path: string, extra: http2.OutgoingHttpHeaders = {}) => ({
+  ':method': 'POST',
+  ':path': path,
+  'content-type': 'application/grpc',
+  te: 'trailers',
+  ...extra,
+});
+
+interface Chain {
+  /** Where the application's client connects: the client sidecar's outbound listener. */
+  readonly outboundPort: number;
+  /** The server sidecar's inbound listener. */
+  readonly inboundPort: number;
+  readonly client: RecordingObserver;
+  readonly server: RecordingObserver;
+  /** Connections the server sidecar accepted. */
+  readonly serverOpened: ConnectionRecord[];
+  /** The server sidecar's Prometheus metrics. */
+  readonly serverMetrics: ProxyMetrics;
+}
+
+/** Client sidecar (outbound `grpc` port, ISTIO_MUTUAL) → server sidecar (inbound `mode`, HTTP) → app. */
+async function startChain(
+  t: TestContext,
+  app: string,
+  opts: {
+    mode?: 'STRICT' | 'PERMISSIVE';
+    endpoints?: { address: string; tls: 'ISTIO_MUTUAL' | 'DISABLE' }[];
+  } = {},
+): Promise<Chain> {
+  const inboundPort = await freePort();
+  const outboundPort = await freePort();
+  const serverOpened: ConnectionRecord[] = [];
+  const opened: ProxyObserver = {
+    connectionOpened: (c) => serverOpened.push(c),
+    connectionClosed: () => {},
+    request: () => {},
+  };
+  const serverObserver = recordingObserver();
+  const serverMetrics = new ProxyMetrics({ namespace: 'finance', name: 'payments' });
+  const serverProxy = new Sidecar(
+    proxyConfig({
+      workload: { namespace: 'finance', name: 'payments', identity: SERVER_ID },
+      trustDomains: ['cluster.local'],
+      inbound: [
+        {
+          port: 9090,
+          listen: `127.0.0.1:${inboundPort}`,
+          forward: app,
+          mode: opts.mode ?? 'STRICT',
+          protocol: 'http',
+          policy: 'finance/grpc',
+        },
+      ],
+    }),
+    { clock: { now: Date.now }, observer: fanOut(serverObserver, opened, serverMetrics), identity: SERVER },
+  );
+  await serverProxy.start();
+  t.after(() => serverProxy.stop());
+  const clientObserver = recordingObserver();
+  const clientProxy = new Sidecar(
+    proxyConfig({
+      workload: { namespace: 'shop', name: 'frontend', identity: CLIENT_ID },
+      trustDomains: ['cluster.local'],
+      outbound: [
+        {
+          name: SERVICE,
+          listen: `127.0.0.1:${outboundPort}`,
+          protocol: 'http',
+          endpoints: opts.endpoints ?? [{ address: `127.0.0.1:${inboundPort}`, tls: 'ISTIO_MUTUAL' }],
+          expectedIdentities: [SERVER_ID],
+        },
+      ],
+    }),
+    { clock: { now: Date.now }, observer: clientObserver, identity: CLIENT },
+  );
+  await clientProxy.start();
+  t.after(() => clientProxy.stop());
+  return {
+    outboundPort,
+    inboundPort,
+    client: clientObserver,
+    server: serverObserver,
+    serverOpened,
+    serverMetrics,
+  };
+}
+
+const certificateHash = (pem: string) =>
+  new X509Certificate(pem).fingerprint256.replaceAll(':', '').toLowerCase();
+const leafPem = (chain: string) =>
+  /-----BEGIN CERTIFICATE-----[\s\S]*?-----END CERTIFICATE-----\n?/.exec(chain)![0];
+const EXPECTED_XFCC = `By=${SERVER_ID};Hash=${certificateHash(leafPem(CLIENT_MATERIAL.chainPem))};Subject="";URI=${CLIENT_ID}`;
+
+test(
+  'gRPC through both sidecars: answer, trailers, XFCC set by the server sidecar, a forged one dropped',
+  TEST,
+  async (t) => {
+    const app = await startH2App(t);
+    const chain = await startChain(t, app.address);
+    const session = h2c(t, chain.outboundPort);
+    const a = await call(session, grpcCall('/echo.Echo/Say', { [XFCC]: FORGED }), grpcFrame('world'));
+    assert.equal(a.headers[':status'], 200);
+    assert.equal(a.headers['content-type'], 'application/grpc');
+    assert.deepEqual(a.body, grpcFrame('hello world'));
+    assert.equal(a.trailers?.['grpc-status'], '0');
+    assert.equal(a.trailers?.['grpc-message'], 'OK');
+    assert.equal(app.requests.length, 1);
+    const seen = app.requests[0]!;
+    assert.equal(seen[XFCC], EXPECTED_XFCC, 'the application sees only the server sidecar’s XFCC');
+    assert.equal(seen[':path'], '/echo.Echo/Say');
+    assert.equal(seen.te, 'trailers');
+    // Both sides report the request as gRPC, with the mTLS principals.
+    const [out] = chain.client.requests;
+    assert.equal(out?.protocol, 'grpc');
+    assert.equal(out?.status, 200);
+    assert.equal(out?.connection.transport, 'mtls');
+    assert.equal(out?.connection.destinationPrincipal, SERVER_ID);
+    const [inb] = chain.server.requests;
+    assert.equal(inb?.protocol, 'grpc');
+    assert.equal(inb?.path, '/echo.Echo/Say');
+    assert.equal(inb?.connection.sourcePrincipal, CLIENT_ID);
+    assert.equal(inb?.connection.alpn, 'istio-h2,istio,h2');
+  },
+);
+
+test(
+  'gRPC trailers-only errors and plain HTTP/2 answers without trailers both arrive intact',
+  TEST,
+  async (t) => {
+    const app = await startH2App(t);
+    const chain = await startChain(t, app.address);
+    const session = h2c(t, chain.outboundPort);
+    const missing = await call(session, grpcCall('/echo.Echo/Missing'), grpcFrame('x'));
+    assert.equal(missing.headers[':status'], 200);
+    assert.equal(missing.headers['grpc-status'], '5');
+    assert.equal(missing.headers['grpc-message'], 'no such thing');
+    assert.equal(missing.body.length, 0);
+    const plain = await call(session, { ':method': 'GET', ':path': '/plain' });
+    assert.equal(plain.headers[':status'], 200);
+    assert.equal(plain.body.toString(), `app saw GET /plain ${EXPECTED_XFCC}\n`);
+    assert.equal(plain.trailers, undefined);
+    assert.deepEqual(
+      chain.server.requests.map((r) => [r.method, r.path, r.status, r.protocol]),
+      [
+        ['POST', '/echo.Echo/Missing', 200, 'grpc'],
+        ['GET', '/plain', 200, 'http'],
+      ],
+    );
+  },
+);
+
+test(
+  'streams from many client connections share one mTLS connection and one application connection',
+  TEST,
+  async (t) => {
+    const app = await startH2App(t);
+    const chain = await startChain(t, app.address);
+    const answers: Promise<Answer>[] = [];
+    for (let c = 0; c < 3; c++) {
+      const session = h2c(t, chain.outboundPort);
+      for (let i = 0; i < 4; i++)
+        answers.push(call(session, grpcCall('/echo.Echo/Say'), grpcFrame(`c${c} s${i}`)));
+    }
+    const all = await Promise.all(answers);
+    assert.deepEqual(
+      all.map((a) => a.body.subarray(5).toString()),
+      answers.map((_, k) => `hello c${Math.floor(k / 4)} s${k % 4}`),
+    );
+    assert.ok(all.every((a) => a.trailers?.['grpc-status'] === '0'));
+    assert.equal(chain.serverOpened.length, 1, 'one mTLS connection between the sidecars');
+    assert.equal(app.sessions(), 1, 'one HTTP/2 connection to the application');
+    assert.equal(app.requests.length, 12);
+  },
+);
+
+test('a client resetting a stream resets it at the application too', TEST, async (t) => {
+  const app = await startH2App(t);
+  const chain = await startChain(t, app.address);
+  const session = h2c(t, chain.outboundPort);
+  const arrived = once(app.events, 'request');
+  const req = session.request({ ':method': 'GET', ':path': '/hang' }, { endStream: true });
+  req.on('error', () => {});
+  await within(arrived, 'the request to reach the application');
+  const reset = once(app.events, 'aborted');
+  req.close(http2.constants.NGHTTP2_CANCEL);
+  await within(reset, 'the application to see the reset');
+  assert.ok(
+    app.aborted.some((a) => a.startsWith('/hang')),
+    app.aborted.join(', '),
+  );
+});
+
+test(
+  'an endpoint that refuses is skipped; with none left the stream gets 503 and the reason',
+  TEST,
+  async (t) => {
+    const app = await startH2App(t);
+    const dead = `127.0.0.1:${await freePort()}`;
+    const chain = await startChain(t, app.address);
+    const retried = await startChain(t, app.address, {
+      endpoints: [
+        { address: dead, tls: 'ISTIO_MUTUAL' },
+        { address: `127.0.0.1:${chain.inboundPort}`, tls: 'ISTIO_MUTUAL' },
+      ],
+    });
+    const ok = await call(h2c(t, retried.outboundPort), grpcCall('/echo.Echo/Say'), grpcFrame('again'));
+    assert.deepEqual(ok.body, grpcFrame('hello again'));
+    const none = await startChain(t, app.address, { endpoints: [{ address: dead, tls: 'ISTIO_MUTUAL' }] });
+    const refused = await call(h2c(t, none.outboundPort), grpcCall('/echo.Echo/Say'), grpcFrame('x'));
+    assert.equal(refused.headers[':status'], 503);
+    assert.equal(refused.headers['x-kmtls-reason'], 'UPSTREAM_UNREACHABLE');
+    assert.match(refused.body.toString(), /UPSTREAM_UNREACHABLE/);
+    assert.equal(none.client.requests[0]?.status, 503);
+  },
+);
+
+test('curl --http2 with a mesh certificate (ALPN h2): XFCC set, the forged one dropped', TEST, async (t) => {
+  const app = await startH2App(t);
+  const chain = await startChain(t, app.address);
+  const files = await writeTempFiles(t, {
+    'cert.pem': CLIENT_MATERIAL.chainPem,
+    'key.pem': CLIENT_MATERIAL.keyPem,
+    'ca.pem': MESH.rootPem,
+  });
+  // -k: a mesh certificate names no host; the client certificate is what the server checks.
+  const r = await runPeer(t, 'curl', [
+    '-sS',
+    '--http2',
+    '-k',
+    '--cert',
+    files['cert.pem'],
+    '--key',
+    files['key.pem'],
+    '--cacert',
+    files['ca.pem'],
+    '-H',
+    `${XFCC}: ${FORGED}`,
+    '-w',
+    '%{http_version}',
+    `https://127.0.0.1:${chain.inboundPort}/plain`,
+  ]);
+  assert.equal(r.code, 0, r.stderr);
+  assert.equal(r.stdout, `app saw GET /plain ${EXPECTED_XFCC}\n2`);
+  const rec = await chain.server.nextClosed('curl’s connection to close');
+  assert.equal(rec.transport, 'mtls');
+  assert.equal(rec.sourcePrincipal, CLIENT_ID);
+  assert.equal(chain.server.requests[0]?.protocol, 'http');
+});
+
+test(
+  'curl --http2-prior-knowledge in plaintext on a PERMISSIVE port: its own XFCC never reaches the app',
+  TEST,
+  async (t) => {
+    const app = await startH2App(t);
+    const chain = await startChain(t, app.address, { mode: 'PERMISSIVE' });
+    const r = await runPeer(t, 'curl', [
+      '-sS',
+      '--http2-prior-knowledge',
+      '-H',
+      `${XFCC}: ${FORGED}`,
+      '-w',
+      '%{http_version}',
+      `http://127.0.0.1:${chain.inboundPort}/plain`,
+    ]);
+    assert.equal(r.code, 0, r.stderr);
+    assert.equal(r.stdout, 'app saw GET /plain no xfcc\n2');
+    const rec = await chain.server.nextClosed('curl’s connection to close');
+    assert.equal(rec.transport, 'plaintext');
+    assert.equal(rec.sourcePrincipal, undefined);
+  },
+);
+
+test('STRICT refuses plaintext HTTP/2 before the application sees a stream', TEST, async (t) => {
+  const app = await startH2App(t);
+  const chain = await startChain(t, app.address);
+  const r = await runPeer(t, 'curl', [
+    '-sS',
+    '--http2-prior-knowledge',
+    `http://127.0.0.1:${chain.inboundPort}/plain`,
+  ]);
+  assert.notEqual(r.code, 0);
+  const rec = await chain.server.nextClosed('the refusal');
+  assert.equal(rec.reason, 'PLAINTEXT_REJECTED');
+  assert.equal(app.requests.length, 0);
+  assert.equal(app.sessions(), 0);
+});
