@@ -386,7 +386,7 @@ export async function runProxyBench(
   const busyBefore = machineBusySeconds();
   const ownBefore = ownTreeSeconds();
   log('sidecar proxy bench');
-  if (!existsSync(path.join(repoRoot, 'dist/src/cli/main.js')))
+  if (!existsSync(path.join(repoRoot, 'dist/bundle/cli/main.js')))
     throw new Error('bin/kmtls.js runs dist/: run `npm run build` first');
   const tools = ensureTools(log);
   for (const note of tools.notes) log(`  ${note}`);

@@ -75,28 +75,39 @@ function compareNames(a: string, b: string): number {
 
 /** Istio's protocols (`protocol.Parse`, case-insensitive) that are HTTP: `IsHTTP()`. */
 const HTTP_PROTOCOLS = new Set(['http', 'http2', 'grpc', 'grpc-web', 'http_proxy']);
+/** Those that are HTTP/2 to the application: `IsHTTP2()`. */
+const HTTP2_PROTOCOLS = new Set(['http2', 'grpc', 'grpc-web']);
 /** Istio's protocols that are not HTTP: a name or appProtocol among them is TCP, not "unknown". */
 const OTHER_PROTOCOLS = new Set(['tcp', 'udp', 'https', 'tls', 'mongo', 'redis', 'mysql']);
 
 /**
- * The protocol a sidecar speaks on a port, as Istio infers it (`kube.ConvertProtocol`): a known
- * `appProtocol` first (`kubernetes.io/h2c` is HTTP/2), else the port name (`grpc-web*`, or the
- * prefix before the first `-`). HTTP ports carry HTTP/1.1 and HTTP/2 (gRPC, h2c) alike; kmtls
- * treats a port Istio would sniff (no known protocol) as TCP.
+ * The protocol Istio reads from a Service port (`kube.ConvertProtocol`): a known `appProtocol`
+ * first (`kubernetes.io/h2c` is HTTP/2, `kubernetes.io/ws` HTTP, `kubernetes.io/wss` TLS), else the
+ * port name (`grpc-web*`, or the prefix before the first `-`); `unknown` when neither says.
+ */
+function istioProtocol(port: Pick<ServicePort, 'name' | 'appProtocol'>): string {
+  const app = port.appProtocol?.toLowerCase();
+  if (app === 'kubernetes.io/h2c') return 'http2';
+  if (app === 'kubernetes.io/http' || app === 'kubernetes.io/ws') return 'http';
+  if (app === 'kubernetes.io/wss') return 'tls';
+  if (app !== undefined && (HTTP_PROTOCOLS.has(app) || OTHER_PROTOCOLS.has(app))) return app;
+  const name = (port.name ?? '').toLowerCase();
+  if (name.startsWith('grpc-web')) return 'grpc-web';
+  const prefix = name.split('-')[0]!;
+  return HTTP_PROTOCOLS.has(prefix) || OTHER_PROTOCOLS.has(prefix) ? prefix : 'unknown';
+}
+
+/**
+ * The protocol a sidecar speaks on a port, as Istio infers it. HTTP ports carry HTTP/1.1 and
+ * HTTP/2 (gRPC, h2c) alike; kmtls treats a port Istio would sniff (no known protocol) as TCP.
  */
 export function portProtocol(port: Pick<ServicePort, 'name' | 'appProtocol'> | undefined): 'http' | 'tcp' {
-  if (!port) return 'tcp';
-  const app = port.appProtocol?.toLowerCase();
-  if (app === 'kubernetes.io/h2c' || app === 'kubernetes.io/http' || app === 'kubernetes.io/ws')
-    return 'http';
-  if (
-    app !== undefined &&
-    (HTTP_PROTOCOLS.has(app) || OTHER_PROTOCOLS.has(app) || app === 'kubernetes.io/wss')
-  )
-    return HTTP_PROTOCOLS.has(app) ? 'http' : 'tcp';
-  const name = (port.name ?? '').toLowerCase();
-  if (name.startsWith('grpc-web')) return 'http';
-  return HTTP_PROTOCOLS.has(name.split('-')[0]!) ? 'http' : 'tcp';
+  return port && HTTP_PROTOCOLS.has(istioProtocol(port)) ? 'http' : 'tcp';
+}
+
+/** Whether the application behind a Service port speaks HTTP/2 (Istio's `IsHTTP2()`: http2, grpc, grpc-web). */
+export function portIsHttp2(port: Pick<ServicePort, 'name' | 'appProtocol'> | undefined): boolean {
+  return port !== undefined && HTTP2_PROTOCOLS.has(istioProtocol(port));
 }
 
 /** The policy that set the mode: the last step of the chain that set it, or `default`. */
@@ -129,6 +140,7 @@ export function inboundPorts(
   mode: ProxyConfig['inbound'][number]['mode'];
   policy: string;
   protocol: 'http' | 'tcp';
+  http2: boolean;
 }[] {
   const effective = effectiveInboundMtls(snapshot.peerAuthentications, {
     namespace: w.meta.namespace,
@@ -140,7 +152,8 @@ export function inboundPorts(
     // Istio reads the protocol from the Service port in front; HTTP only when every such port says so.
     const fronts = servicePortsTo(snapshot, w, p.port);
     const protocol = fronts.length > 0 && fronts.every((sp) => portProtocol(sp) === 'http') ? 'http' : 'tcp';
-    return { port: p.port, mode, policy, protocol };
+    const http2 = protocol === 'http' && fronts.every((sp) => portIsHttp2(sp));
+    return { port: p.port, mode, policy, protocol, http2 };
   });
 }
 
@@ -178,6 +191,7 @@ export function deriveProxyConfig(
     forward: addressing.appAddress(pod, p.port),
     mode: p.mode,
     protocol: p.protocol,
+    ...(p.http2 ? { http2: true } : {}),
     policy: p.policy,
   }));
   const podsOf = new Map<MeshWorkload, PlacedPod[]>();

@@ -4,6 +4,7 @@ export {
   deriveProxyConfig,
   inboundPorts,
   podInstances,
+  portIsHttp2,
   portProtocol,
 } from './derive.js';
 export type {
@@ -42,6 +43,7 @@ export {
   MESH_ALPNS,
   parseProxyConfig,
   proxyConfigSchema,
+  SIDECAR_NODE_OPTIONS,
 } from './proxy-config.js';
 export type * from './resources.js';
 export { EMPTY_RESOURCES, POD_SOURCE_KINDS } from './resources.js';

@@ -1,3 +1,4 @@
+import http from 'node:http';
 import http2 from 'node:http2';
 import net from 'node:net';
 import { Duplex } from 'node:stream';
@@ -18,18 +19,29 @@ import { parseAddress, reportRequest } from './runtime.js';
 /** The HTTP/2 connection preface (RFC 9113 3.4): every HTTP/2 connection opens with it. */
 export const HTTP2_PREFACE = Buffer.from('PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n', 'latin1');
 
-/** What a connection's first bytes say about its HTTP version. `ended`: it closed before saying. */
+/**
+ * What a connection's first bytes say about its HTTP version. `ended`: it closed, or went quiet for
+ * the idle timeout, before saying.
+ */
 export type HttpVersion = 'h2' | 'http/1' | 'ended';
 
 /**
  * Reads a stream's first bytes, without losing them, until they show whether it opens with the
  * HTTP/2 preface; then hands the stream back paused with those bytes put back.
  */
-export function sniffHttpVersion(stream: net.Socket, decide: (version: HttpVersion) => void): void {
+export function sniffHttpVersion(
+  stream: net.Socket,
+  waitMs: number | undefined,
+  decide: (version: HttpVersion) => void,
+): void {
   const chunks: Buffer[] = [];
   let done = false;
+  // A client that never finishes its first request line or preface is idle: it is closed as one.
+  const timer = waitMs === undefined ? undefined : setTimeout(() => finish('ended'), waitMs);
   const finish = (version: HttpVersion) => {
+    if (done) return;
     done = true;
+    clearTimeout(timer);
     stream.off('data', onData);
     stream.off('end', onEnd);
     decide(version);
@@ -45,9 +57,7 @@ export function sniffHttpVersion(stream: net.Socket, decide: (version: HttpVersi
     finish(isPrefix ? 'h2' : 'http/1');
   };
   // The client ended its side before a whole preface or request line: it will send no request.
-  const onEnd = () => {
-    if (!done) finish('ended');
-  };
+  const onEnd = () => finish('ended');
   stream.on('data', onData);
   stream.once('end', onEnd);
   stream.resume();
@@ -58,7 +68,50 @@ function protocolOf(headers: http2.IncomingHttpHeaders): 'grpc' | 'http' {
   return String(headers['content-type'] ?? '').startsWith('application/grpc') ? 'grpc' : 'http';
 }
 
-const { NGHTTP2_CANCEL, NGHTTP2_REFUSED_STREAM } = http2.constants;
+const { NGHTTP2_CANCEL, NGHTTP2_INTERNAL_ERROR, NGHTTP2_REFUSED_STREAM } = http2.constants;
+
+/**
+ * Connection-specific headers (RFC 9113 8.2.2) and HTTP/1.1 hop-by-hop ones: they never cross a
+ * proxy, and Node refuses to send them in HTTP/2 (a throw, were one passed through).
+ */
+const CONNECTION_HEADERS = [
+  'connection',
+  'keep-alive',
+  'proxy-connection',
+  'transfer-encoding',
+  'upgrade',
+  'http2-settings',
+  'host',
+];
+
+/**
+ * Response headers or trailers from an upstream, as they may be sent on: connection-specific ones
+ * dropped, and a status HTTP/2 cannot carry (outside 200–599; nghttp2 lets 600–999 through) made
+ * a 502, as Envoy answers an invalid upstream response.
+ */
+function forwardable(headers: http2.IncomingHttpHeaders, isResponse: boolean): http2.OutgoingHttpHeaders {
+  const out: http2.OutgoingHttpHeaders = {};
+  for (const [k, v] of Object.entries(headers)) {
+    if (v === undefined || CONNECTION_HEADERS.includes(k) || (k === 'te' && v !== 'trailers')) continue;
+    if (!isResponse && k.startsWith(':')) continue;
+    out[k] = v;
+  }
+  if (isResponse) {
+    const status = Number(out[':status']);
+    if (!(status >= 200 && status <= 599)) out[':status'] = 502;
+  }
+  return out;
+}
+
+/** Runs one operation on a stream the peer may have closed meanwhile: a closed stream is no error. */
+function guarded(what: () => void): boolean {
+  try {
+    what();
+    return true;
+  } catch {
+    return false;
+  }
+}
 
 /** Reports a stream's request once it is done, timed from now. */
 function requestReporter(
@@ -92,11 +145,13 @@ function requestHeaders(
 function refuse(stream: http2.ServerHttp2Stream, reason: RefusalReason, message: string): void {
   if (stream.destroyed || stream.closed) return;
   if (stream.headersSent) {
-    stream.close(NGHTTP2_CANCEL);
+    guarded(() => stream.close(NGHTTP2_CANCEL));
     return;
   }
-  stream.respond({ ':status': 503, 'content-type': 'text/plain', 'x-kmtls-reason': reason });
-  stream.end(`kmtls: ${reason}: ${message}\n`);
+  guarded(() => {
+    stream.respond({ ':status': 503, 'content-type': 'text/plain', 'x-kmtls-reason': reason });
+    stream.end(`kmtls: ${reason}: ${message}\n`);
+  });
 }
 
 /** How a relayed stream ended: its HTTP status, gRPC status (headers or trailers) and any failure. */
@@ -119,6 +174,9 @@ function relay(
   let status = 0;
   let grpcStatus: string | undefined;
   let trailers: http2.IncomingHttpHeaders | undefined;
+  let upEnded = false;
+  /** The downstream got kmtls's own 503: nothing from the upstream is relayed after it. */
+  let answered = false;
   let reported = false;
   const report = (s: number, failure?: { reason: RefusalReason; message: string }) => {
     if (reported) return;
@@ -129,14 +187,24 @@ function relay(
       ...(failure ? { failure } : {}),
     });
   };
+  /** The upstream failed before answering: the client gets a 503 and the reason, never a reset. */
+  const unanswered = (message: string) => {
+    answered = true;
+    refuse(down, 'UPSTREAM_UNREACHABLE', message);
+    report(503, { reason: 'UPSTREAM_UNREACHABLE', message });
+  };
   down.pipe(up);
   up.on('response', (headers, flags) => {
-    status = Number(headers[':status'] ?? 502);
+    const out = forwardable(headers, true);
+    status = Number(out[':status']);
     if (headers['grpc-status'] !== undefined) grpcStatus = String(headers['grpc-status']);
     if (down.destroyed || down.closed) return;
     const endStream = (flags & http2.constants.NGHTTP2_FLAG_END_STREAM) !== 0;
     // A trailers-only answer (gRPC's errors) ends with its headers; others may carry trailers.
-    down.respond(requestHeaders(headers, []), endStream ? { endStream: true } : { waitForTrailers: true });
+    const sent = guarded(() =>
+      down.respond(out, endStream ? { endStream: true } : { waitForTrailers: true }),
+    );
+    if (!sent) return void guarded(() => up.close(NGHTTP2_CANCEL));
     if (!endStream) up.pipe(down);
   });
   up.on('trailers', (t) => {
@@ -144,29 +212,34 @@ function relay(
     if (t['grpc-status'] !== undefined) grpcStatus = String(t['grpc-status']);
   });
   // Empty trailers go out as an empty final DATA frame, so a response without trailers ends cleanly.
-  down.on('wantTrailers', () => down.sendTrailers(trailers ? requestHeaders(trailers, []) : {}));
-  up.on('end', () => report(status || 502));
-  up.on('error', (err: Error & { code?: string }) => {
-    if (!down.headersSent) {
-      refuse(down, 'UPSTREAM_UNREACHABLE', err.message);
-      report(503, { reason: 'UPSTREAM_UNREACHABLE', message: err.message });
-    } else {
-      if (!down.destroyed) down.close(NGHTTP2_CANCEL);
-      report(status || 502);
-    }
+  down.on('wantTrailers', () => {
+    if (!guarded(() => down.sendTrailers(trailers ? forwardable(trailers, false) : {})))
+      guarded(() => down.close(NGHTTP2_INTERNAL_ERROR));
   });
-  up.on('close', () => {
-    // The upstream reset the stream: the downstream is told the same code.
-    if (up.rstCode && up.rstCode !== http2.constants.NGHTTP2_NO_ERROR && !down.closed && !down.destroyed)
-      down.close(up.rstCode);
+  up.on('end', () => {
+    upEnded = true;
     report(status || 502);
   });
-  down.on('error', () => {
-    if (!up.destroyed) up.close(NGHTTP2_CANCEL);
+  up.on('error', (err: Error) => {
+    if (answered) return;
+    if (!down.headersSent) return unanswered(err.message);
+    guarded(() => down.close(NGHTTP2_INTERNAL_ERROR));
+    report(status || 502);
   });
+  up.on('close', () => {
+    if (answered) return;
+    // Closed or reset before any answer (with any code, NO_ERROR included): a 503, not a hang.
+    if (!down.headersSent)
+      return unanswered(`the upstream closed the stream (code ${up.rstCode}) unanswered`);
+    // Cut off mid-answer: the client must not take a truncated body for a whole one.
+    if (!upEnded && !down.closed && !down.destroyed)
+      guarded(() => down.close(up.rstCode || NGHTTP2_INTERNAL_ERROR));
+    report(status || 502);
+  });
+  down.on('error', () => guarded(() => up.close(NGHTTP2_CANCEL)));
   down.on('close', () => {
     // The client gave up (reset, or its connection went): so does the upstream stream.
-    if (!up.closed && !up.destroyed) up.close(NGHTTP2_CANCEL);
+    if (!up.closed && !up.destroyed) guarded(() => up.close(NGHTTP2_CANCEL));
   });
 }
 
@@ -230,9 +303,10 @@ class Http2Front<C> {
     });
     this.server.on('session', (session) => {
       if (this.pending !== undefined) this.contexts.set(session, this.pending);
-      // Idle is judged by the session, which sees every frame.
+      // Idle is judged by the session, which sees every frame: no frame either way for the idle
+      // timeout ends it, open streams included (as the TCP path closes a silent connection).
       const idleMs = runtime.config().limits.idleTimeoutMs;
-      if (idleMs !== undefined) session.setTimeout(idleMs, () => session.close());
+      if (idleMs !== undefined) session.setTimeout(idleMs, () => session.destroy());
     });
     this.server.on('stream', (stream, headers) => {
       stream.on('error', () => {});
@@ -255,6 +329,92 @@ class Http2Front<C> {
   }
 }
 
+/** One upstream HTTP/2 connection in a pool, with its streams in flight and what it turned out to be. */
+interface PooledSession<U> {
+  readonly session: http2.ClientHttp2Session;
+  readonly upstream: U;
+  active: number;
+}
+
+type Opened<U> =
+  | { ok: true; session: http2.ClientHttp2Session; upstream: U }
+  | { ok: false; reason: RefusalReason; message: string; retryable: boolean };
+
+/**
+ * The upstream HTTP/2 connections to one destination. Streams share a connection up to the peer's
+ * concurrent-stream limit; past it another connection opens, so streams a slow or silent client
+ * holds open never queue everyone else's behind them. Closed, idle or GOAWAY'd connections leave.
+ */
+class SessionPool<U> {
+  private readonly entries: PooledSession<U>[] = [];
+  private opening: Promise<Opened<U>> | undefined;
+
+  constructor(
+    private readonly open: () => Promise<Opened<U>>,
+    private readonly idleMs: () => number | undefined,
+  ) {}
+
+  /** A connection with room for one more stream: an open one, or a new one. */
+  async acquire(): Promise<{ ok: true; entry: PooledSession<U> } | Extract<Opened<U>, { ok: false }>> {
+    for (;;) {
+      const free = this.entries.find(
+        (e) =>
+          !e.session.closed &&
+          !e.session.destroyed &&
+          e.active < (e.session.remoteSettings?.maxConcurrentStreams ?? 100),
+      );
+      if (free) return { ok: true, entry: free };
+      if (!this.opening) {
+        this.opening = this.open()
+          .catch(
+            (err: Error): Opened<U> => ({
+              ok: false,
+              reason: 'HANDSHAKE_FAILED',
+              message: err.message,
+              retryable: false,
+            }),
+          )
+          .then((r) => {
+            this.opening = undefined;
+            if (r.ok) this.add(r.session, r.upstream);
+            return r;
+          });
+      }
+      const r = await this.opening;
+      if (!r.ok) return r;
+      // Another waiter may have filled the new connection first: look again.
+    }
+  }
+
+  private add(session: http2.ClientHttp2Session, upstream: U): void {
+    const entry: PooledSession<U> = { session, upstream, active: 0 };
+    const leave = () => {
+      const i = this.entries.indexOf(entry);
+      if (i >= 0) this.entries.splice(i, 1);
+    };
+    session.on('error', leave);
+    session.on('close', leave);
+    session.on('goaway', leave);
+    const idleMs = this.idleMs();
+    if (idleMs !== undefined) session.setTimeout(idleMs, () => session.close());
+    session.unref();
+    this.entries.push(entry);
+  }
+
+  /** Opens a stream on the entry, counted until it closes. */
+  request(entry: PooledSession<U>, headers: http2.OutgoingHttpHeaders): http2.ClientHttp2Stream {
+    const stream = entry.session.request(headers);
+    entry.active++;
+    stream.once('close', () => entry.active--);
+    return stream;
+  }
+
+  close(): void {
+    for (const e of this.entries) e.session.destroy();
+    this.entries.length = 0;
+  }
+}
+
 /** What an inbound HTTP/2 connection carries to the application: set by the listener per connection. */
 export interface InboundH2Context {
   readonly record: ConnectionRecord;
@@ -262,20 +422,27 @@ export interface InboundH2Context {
   readonly xfcc: string | undefined;
   readonly forward: string;
   readonly localAddress: string | undefined;
+  /**
+   * Whether the application speaks HTTP/2 (an `http2`/`grpc` port). Otherwise each stream reaches
+   * it as an HTTP/1.1 request, as Envoy sends HTTP/1.1 to an `http` port's application.
+   */
+  readonly appHttp2: boolean;
 }
 
 /**
- * The inbound side: each stream goes to the application over an HTTP/2 connection kept per
- * application address, with the client's own `x-forwarded-client-cert` removed and, after mTLS,
- * kmtls's own set.
+ * The inbound side: each stream goes to the application, with the client's own
+ * `x-forwarded-client-cert` removed and, after mTLS, kmtls's own set; over pooled HTTP/2
+ * connections to an HTTP/2 application, as HTTP/1.1 requests to any other.
  */
 export class InboundHttp2 {
   private readonly front: Http2Front<InboundH2Context>;
-  private readonly upstreams = new Map<string, http2.ClientHttp2Session>();
+  private readonly pools = new Map<string, SessionPool<undefined>>();
 
   constructor(
     private readonly runtime: ProxyRuntime,
     private readonly xfccHeader: string,
+    /** The HTTP/1.1 connections to the application the listener's HTTP/1.1 layer keeps. */
+    private readonly agent: http.Agent,
   ) {
     this.front = new Http2Front(runtime, (stream, headers, ctx) => this.forward(stream, headers, ctx));
   }
@@ -285,29 +452,38 @@ export class InboundHttp2 {
   }
 
   close(): void {
-    for (const s of this.upstreams.values()) s.destroy();
-    this.upstreams.clear();
+    for (const p of this.pools.values()) p.close();
+    this.pools.clear();
     this.front.close();
   }
 
-  private session(forward: string, localAddress: string | undefined): http2.ClientHttp2Session {
+  private pool(forward: string, localAddress: string | undefined): SessionPool<undefined> {
     const key = `${forward}|${localAddress ?? ''}`;
-    const existing = this.upstreams.get(key);
-    if (existing && !existing.closed && !existing.destroyed) return existing;
-    const { host, port } = parseAddress(forward);
-    const session = http2.connect(`http://${forward}`, {
-      settings: settingsFor(this.runtime),
-      createConnection: () => net.connect({ host, port, ...(localAddress ? { localAddress } : {}) }),
-    });
-    const forget = () => {
-      if (this.upstreams.get(key) === session) this.upstreams.delete(key);
-    };
-    session.on('error', forget);
-    session.on('close', forget);
-    session.on('goaway', forget);
-    session.unref();
-    this.upstreams.set(key, session);
-    return session;
+    let pool = this.pools.get(key);
+    if (!pool) {
+      const { host, port } = parseAddress(forward);
+      const settings = settingsFor(this.runtime);
+      pool = new SessionPool<undefined>(
+        () =>
+          new Promise((resolve) => {
+            const session = http2.connect(`http://${forward}`, {
+              settings,
+              createConnection: () => net.connect({ host, port, ...(localAddress ? { localAddress } : {}) }),
+            });
+            const failed = (err: Error) =>
+              resolve({ ok: false, reason: 'UPSTREAM_UNREACHABLE', message: err.message, retryable: false });
+            session.once('error', failed);
+            session.once('connect', () => {
+              session.off('error', failed);
+              session.on('error', () => {});
+              resolve({ ok: true, session, upstream: undefined });
+            });
+          }),
+        () => this.runtime.config().limits.idleTimeoutMs,
+      );
+      this.pools.set(key, pool);
+    }
+    return pool;
   }
 
   private forward(
@@ -316,37 +492,90 @@ export class InboundHttp2 {
     ctx: InboundH2Context | undefined,
   ): void {
     if (!ctx) {
-      stream.close(NGHTTP2_REFUSED_STREAM);
+      guarded(() => stream.close(NGHTTP2_REFUSED_STREAM));
       return;
     }
     const report = requestReporter(this.runtime, ctx.record, headers);
     const out = requestHeaders(headers, [this.xfccHeader]);
     if (ctx.xfcc) out[this.xfccHeader] = ctx.xfcc;
-    let up: http2.ClientHttp2Stream;
-    try {
-      up = this.session(ctx.forward, ctx.localAddress).request(out);
-    } catch (err) {
-      refuse(stream, 'UPSTREAM_UNREACHABLE', `the application at ${ctx.forward}: ${(err as Error).message}`);
-      report({ status: 503 });
+    if (!ctx.appHttp2) {
+      this.forwardHttp1(stream, headers, out, ctx, report);
       return;
     }
-    relay(stream, up, report);
+    const app = `the application at ${ctx.forward}`;
+    const pool = this.pool(ctx.forward, ctx.localAddress);
+    void pool.acquire().then((r) => {
+      if (stream.destroyed || stream.closed) return;
+      if (!r.ok) {
+        refuse(stream, 'UPSTREAM_UNREACHABLE', `${app}: ${r.message}`);
+        report({ status: 503 });
+        return;
+      }
+      let up: http2.ClientHttp2Stream;
+      try {
+        up = pool.request(r.entry, out);
+      } catch (err) {
+        refuse(stream, 'UPSTREAM_UNREACHABLE', `${app}: ${(err as Error).message}`);
+        report({ status: 503 });
+        return;
+      }
+      relay(stream, up, report);
+    });
+  }
+
+  /** One stream as an HTTP/1.1 request to the application; the answer goes back on the stream. */
+  private forwardHttp1(
+    stream: http2.ServerHttp2Stream,
+    headers: http2.IncomingHttpHeaders,
+    out: http2.OutgoingHttpHeaders,
+    ctx: InboundH2Context,
+    report: (done: { status: number }) => void,
+  ): void {
+    const { host, port } = parseAddress(ctx.forward);
+    const h1: http.OutgoingHttpHeaders = {};
+    for (const [k, v] of Object.entries(out))
+      if (!k.startsWith(':') && k !== 'te') h1[k] = v as string | string[];
+    if (headers[':authority'] !== undefined) h1.host = String(headers[':authority']);
+    const req = http.request({
+      host,
+      port,
+      method: String(headers[':method'] ?? 'GET'),
+      path: String(headers[':path'] ?? '/'),
+      headers: h1,
+      agent: this.agent,
+      ...(ctx.localAddress ? { localAddress: ctx.localAddress } : {}),
+    });
+    req.on('response', (res) => {
+      const status = res.statusCode ?? 502;
+      const answer = forwardable({ ...res.headers, ':status': String(status) }, true);
+      if (!guarded(() => stream.respond(answer))) return void res.destroy();
+      res.pipe(stream);
+      res.on('end', () => report({ status: Number(answer[':status']) }));
+      res.on('error', () => guarded(() => stream.close(NGHTTP2_INTERNAL_ERROR)));
+    });
+    req.on('error', (err) => {
+      if (!stream.headersSent) {
+        refuse(stream, 'UPSTREAM_UNREACHABLE', `the application at ${ctx.forward}: ${err.message}`);
+        report({ status: 503 });
+      } else {
+        guarded(() => stream.close(NGHTTP2_INTERNAL_ERROR));
+      }
+    });
+    stream.on('close', () => {
+      if (!req.destroyed && !stream.writableFinished) req.destroy();
+    });
+    stream.pipe(req);
   }
 }
 
-/** One pooled upstream HTTP/2 connection: the session and what its connection turned out to be. */
-type UpstreamSession =
-  | { ok: true; session: http2.ClientHttp2Session; upstream: ConnectionRecord }
-  | { ok: false; reason: RefusalReason; message: string; retryable: boolean };
-
 /**
  * The outbound side: the application's HTTP/2 streams are spread round-robin over the destination's
- * endpoints, each endpoint reached over one shared upstream connection (mTLS with `istio-h2` when
- * the decision says so), so a new downstream connection or stream costs no handshake.
+ * endpoints, each endpoint reached over pooled upstream connections (mTLS with `istio-h2` when the
+ * decision says so), so a new downstream connection or stream costs no handshake.
  */
 export class OutboundHttp2 {
   private readonly front: Http2Front<ConnectionRecord>;
-  private readonly sessions = new Map<string, Promise<UpstreamSession>>();
+  private readonly pools = new Map<string, SessionPool<ConnectionRecord>>();
   private next = 0;
 
   constructor(
@@ -362,37 +591,33 @@ export class OutboundHttp2 {
   }
 
   close(): void {
-    for (const p of this.sessions.values()) void p.then((s) => s.ok && s.session.destroy());
-    this.sessions.clear();
+    for (const p of this.pools.values()) p.close();
+    this.pools.clear();
     this.front.close();
   }
 
-  /** The endpoint's shared connection, made on first use; a refused one is forgotten at once. */
-  private sessionFor(ep: OutboundEndpointConfig, record: ConnectionRecord): Promise<UpstreamSession> {
+  /** The endpoint's pool: a new connection is verified (secure naming included) before any stream uses it. */
+  private pool(ep: OutboundEndpointConfig, record: ConnectionRecord): SessionPool<ConnectionRecord> {
     const key = `${ep.tls}|${ep.address}`;
-    const existing = this.sessions.get(key);
-    if (existing) return existing;
-    const upstream: ConnectionRecord = { ...record, bytesReceived: 0, bytesSent: 0 };
-    const made = this.connect(ep, upstream, true).then((r): UpstreamSession => {
-      if (!r.ok) {
-        this.sessions.delete(key);
-        return r;
-      }
-      const session = http2.connect(`http://${ep.address}`, {
-        settings: settingsFor(this.runtime),
-        createConnection: () => r.socket,
-      });
-      const forget = () => {
-        if (this.sessions.get(key) === made) this.sessions.delete(key);
-      };
-      session.on('error', forget);
-      session.on('close', forget);
-      session.on('goaway', forget);
-      session.unref();
-      return { ok: true, session, upstream };
-    });
-    this.sessions.set(key, made);
-    return made;
+    let pool = this.pools.get(key);
+    if (!pool) {
+      pool = new SessionPool<ConnectionRecord>(
+        async () => {
+          const upstream: ConnectionRecord = { ...record, bytesReceived: 0, bytesSent: 0 };
+          const r = await this.connect(ep, upstream, true);
+          if (!r.ok) return r;
+          const session = http2.connect(`http://${ep.address}`, {
+            settings: settingsFor(this.runtime),
+            createConnection: () => r.socket,
+          });
+          session.on('error', () => {});
+          return { ok: true, session, upstream };
+        },
+        () => this.runtime.config().limits.idleTimeoutMs,
+      );
+      this.pools.set(key, pool);
+    }
+    return pool;
   }
 
   private forward(
@@ -401,7 +626,7 @@ export class OutboundHttp2 {
     record: ConnectionRecord | undefined,
   ): void {
     if (!record) {
-      stream.close(NGHTTP2_REFUSED_STREAM);
+      guarded(() => stream.close(NGHTTP2_REFUSED_STREAM));
       return;
     }
     const dest = this.dest();
@@ -416,7 +641,8 @@ export class OutboundHttp2 {
     const start = this.next++ % endpoints.length;
     const attempt = (i: number): void => {
       const ep = endpoints[(start + i) % endpoints.length]!;
-      void this.sessionFor(ep, record).then((s) => {
+      const pool = this.pool(ep, record);
+      void pool.acquire().then((s) => {
         if (stream.destroyed || stream.closed) return;
         if (!s.ok) {
           // Nothing reached an endpoint that refused the connection: the next one may take the stream.
@@ -427,13 +653,14 @@ export class OutboundHttp2 {
           report(503);
           return;
         }
-        record.transport = s.upstream.transport;
-        record.sourcePrincipal = s.upstream.sourcePrincipal;
-        record.destinationPrincipal = s.upstream.destinationPrincipal;
-        record.tlsVersion = s.upstream.tlsVersion;
+        const up0 = s.entry.upstream;
+        record.transport = up0.transport;
+        record.sourcePrincipal = up0.sourcePrincipal;
+        record.destinationPrincipal = up0.destinationPrincipal;
+        record.tlsVersion = up0.tlsVersion;
         let up: http2.ClientHttp2Stream;
         try {
-          up = s.session.request(requestHeaders(headers, []));
+          up = pool.request(s.entry, requestHeaders(headers, []));
         } catch (err) {
           refuse(stream, 'UPSTREAM_UNREACHABLE', `${dest.name}: ${(err as Error).message}`);
           report(503);

@@ -108,7 +108,7 @@ export class InboundListener {
       if (socket.writable) socket.end('HTTP/1.1 400 Bad Request\r\nconnection: close\r\n\r\n');
       else socket.destroy();
     });
-    this.http2 = new InboundHttp2(runtime, XFCC);
+    this.http2 = new InboundHttp2(runtime, XFCC, this.agent);
   }
 
   get config(): InboundPortConfig {
@@ -409,7 +409,7 @@ export class InboundListener {
       // is no HTTP) will send none: end our side too, or the half-open socket would stay forever.
       if (endedWith) return void stream.end();
       // HTTP/1.1 or HTTP/2 (gRPC, h2c): the first bytes say which, as Envoy's automatic codec reads them.
-      sniffHttpVersion(stream, (version) => {
+      sniffHttpVersion(stream, this.runtime.config().limits.idleTimeoutMs, (version) => {
         if (version === 'ended') return void stream.end();
         if (version === 'h2') {
           this.http2.serve(stream, {
@@ -417,6 +417,7 @@ export class InboundListener {
             xfcc: mtls ? xfccValue(mtls, record) : undefined,
             forward: port.forward,
             localAddress,
+            appHttp2: port.http2 === true,
           });
           return;
         }

@@ -66,7 +66,7 @@ export class HttpOutbound {
   /** Serves one downstream connection. */
   serve(client: net.Socket, record: ConnectionRecord): void {
     // HTTP/1.1 or HTTP/2 (gRPC, h2c): the first bytes say which.
-    sniffHttpVersion(client, (version) => {
+    sniffHttpVersion(client, this.runtime.config().limits.idleTimeoutMs, (version) => {
       if (version === 'ended') return void client.end();
       if (version === 'h2') return this.http2.serve(client, record);
       (client as net.Socket & { kmtls?: ConnectionRecord }).kmtls = record;
@@ -93,14 +93,19 @@ export class HttpOutbound {
         callback: (err: Error | null, socket?: net.Socket) => void,
       ) => {
         const upstream: ConnectionRecord = { ...record, bytesReceived: 0, bytesSent: 0 };
-        void this.connect(ep, upstream).then((r) => {
-          if (r.ok) {
-            (r.socket as net.Socket & { kmtlsUpstream?: ConnectionRecord }).kmtlsUpstream = upstream;
-            callback(null, r.socket);
-          } else {
-            callback(new RefusedUpstream(r.reason, r.message, r.retryable));
-          }
-        });
+        void this.connect(ep, upstream).then(
+          (r) => {
+            if (r.ok) {
+              (r.socket as net.Socket & { kmtlsUpstream?: ConnectionRecord }).kmtlsUpstream = upstream;
+              callback(null, r.socket);
+            } else {
+              callback(new RefusedUpstream(r.reason, r.message, r.retryable));
+            }
+          },
+          // A connection that could not even be set up (a DestinationRule key that does not match
+          // its certificate) is refused like one the endpoint turned away.
+          (err: Error) => callback(new RefusedUpstream('HANDSHAKE_FAILED', err.message, false)),
+        );
         return undefined;
       };
       this.agents.set(key, agent);

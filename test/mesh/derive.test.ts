@@ -12,6 +12,7 @@ import {
   deriveProxyConfig,
   parseProxyConfig,
   podInstances,
+  portIsHttp2,
   portProtocol,
 } from '../../src/mesh/index.js';
 import { snapshotOf } from '../helpers/builders.js';
@@ -93,6 +94,22 @@ const PROTOCOLS: [string, { name?: string; appProtocol?: string } | undefined, '
   ['unnamed', {}, 'tcp'],
   ['no port at all', undefined, 'tcp'],
 ];
+
+const HTTP2: [string, { name?: string; appProtocol?: string }, boolean][] = [
+  ['name grpc', { name: 'grpc' }, true],
+  ['name http2-api', { name: 'http2-api' }, true],
+  ['name grpc-web', { name: 'grpc-web' }, true],
+  ['appProtocol kubernetes.io/h2c', { appProtocol: 'kubernetes.io/h2c' }, true],
+  ['appProtocol grpc over an http name', { name: 'http', appProtocol: 'grpc' }, true],
+  ['name http', { name: 'http' }, false],
+  ['appProtocol http over a grpc name', { name: 'grpc', appProtocol: 'http' }, false],
+  ['name tcp', { name: 'tcp' }, false],
+];
+
+for (const [what, port, want] of HTTP2) {
+  test(`portIsHttp2: ${what} → ${want}`, () =>
+    assert.equal(portIsHttp2({ name: port.name, appProtocol: port.appProtocol }), want));
+}
 
 for (const [what, port, want] of PROTOCOLS) {
   test(`portProtocol: ${what} → ${want}`, () => {

@@ -8,8 +8,10 @@
 import assert from 'node:assert/strict';
 import { X509Certificate } from 'node:crypto';
 import { EventEmitter, once } from 'node:events';
+import http from 'node:http';
 import http2 from 'node:http2';
 import type { AddressInfo } from 'node:net';
+import net from 'node:net';
 import type { TestContext } from 'node:test';
 import { test } from 'node:test';
 import type { ConnectionRecord, ProxyObserver } from '../../src/proxy/index.js';
@@ -56,12 +58,12 @@ interface H2App {
  * trailers-only answer (grpc-status 5); `/plain` is an ordinary HTTP/2 answer without trailers;
  * `/hang` never answers.
  */
-async function startH2App(t: TestContext): Promise<H2App> {
+async function startH2App(t: TestContext, settings: http2.Settings = {}): Promise<H2App> {
   const requests: http2.IncomingHttpHeaders[] = [];
   const aborted: string[] = [];
   const events = new EventEmitter();
   let sessions = 0;
-  const server = http2.createServer();
+  const server = http2.createServer({ settings });
   server.on('session', () => sessions++);
   server.on('stream', (stream, headers) => {
     stream.on('error', () => {});
@@ -190,6 +192,9 @@ async function startChain(
   opts: {
     mode?: 'STRICT' | 'PERMISSIVE';
     endpoints?: { address: string; tls: 'ISTIO_MUTUAL' | 'DISABLE' }[];
+    /** The application speaks HTTP/2 (a `grpc` port); false: an `http` port, HTTP/1.1 to the app. */
+    appHttp2?: boolean;
+    limits?: Record<string, number>;
   } = {},
 ): Promise<Chain> {
   const inboundPort = await freePort();
@@ -213,9 +218,11 @@ async function startChain(
           forward: app,
           mode: opts.mode ?? 'STRICT',
           protocol: 'http',
+          ...(opts.appHttp2 === false ? {} : { http2: true }),
           policy: 'finance/grpc',
         },
       ],
+      ...(opts.limits ? { limits: opts.limits } : {}),
     }),
     { clock: { now: Date.now }, observer: fanOut(serverObserver, opened, serverMetrics), identity: SERVER },
   );
@@ -447,5 +454,212 @@ test('STRICT refuses plaintext HTTP/2 before the application sees a stream', TES
   const rec = await chain.server.nextClosed('the refusal');
   assert.equal(rec.reason, 'PLAINTEXT_REJECTED');
   assert.equal(app.requests.length, 0);
+  assert.equal(app.sessions(), 0);
+});
+
+// ---------------------------------------------------------------------------------------------
+// What the upstream may do wrong, and an HTTP/1.1 application behind an `http` port
+
+/** HPACK literal header fields, no indexing, no Huffman: names and values exactly as given. */
+function hpack(fields: [string, string][]): Buffer {
+  const str = (v: string) => {
+    const b = Buffer.from(v, 'latin1');
+    assert.ok(b.length < 127, 'short strings only');
+    return Buffer.concat([Buffer.from([b.length]), b]);
+  };
+  return Buffer.concat(fields.map(([k, v]) => Buffer.concat([Buffer.from([0]), str(k), str(v)])));
+}
+
+function frame(type: number, flags: number, stream: number, payload: Buffer = Buffer.alloc(0)): Buffer {
+  const head = Buffer.alloc(9);
+  head.writeUIntBE(payload.length, 0, 3);
+  head[3] = type;
+  head[4] = flags;
+  head.writeUInt32BE(stream, 5);
+  return Buffer.concat([head, payload]);
+}
+
+/**
+ * An HTTP/2 application written frame by frame, to answer what Node's own server refuses to send:
+ * `answer` gives each request's response as raw frames (HEADERS = 1, RST_STREAM = 3).
+ */
+async function startRawH2App(t: TestContext, answer: (stream: number) => Buffer[]): Promise<string> {
+  const server = net.createServer((sock) => {
+    sock.on('error', () => {});
+    sock.write(frame(4, 0, 0));
+    let buf = Buffer.alloc(0);
+    let preface = false;
+    sock.on('data', (d: Buffer) => {
+      buf = Buffer.concat([buf, d]);
+      if (!preface) {
+        if (buf.length < 24) return;
+        buf = buf.subarray(24);
+        preface = true;
+      }
+      while (buf.length >= 9 && buf.length >= 9 + buf.readUIntBE(0, 3)) {
+        const len = buf.readUIntBE(0, 3);
+        const [type, flags, id] = [buf[3]!, buf[4]!, buf.readUInt32BE(5) & 0x7fffffff];
+        buf = buf.subarray(9 + len);
+        if (type === 4 && !(flags & 1)) sock.write(frame(4, 1, 0));
+        if (type === 1) for (const f of answer(id)) sock.write(f);
+      }
+    });
+  });
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  t.after(() => {
+    server.close();
+    server.unref();
+  });
+  return `127.0.0.1:${(server.address() as AddressInfo).port}`;
+}
+
+const END_STREAM_HEADERS = 1 | 4;
+
+for (const [what, fields, want] of [
+  ['a :status HTTP/2 cannot carry (600)', [[':status', '600']], 502],
+  [
+    'a connection-specific header (http2-settings)',
+    [
+      [':status', '200'],
+      ['http2-settings', 'AAMAAABkAAQAoAAAAAIAAAAA'],
+    ],
+    200,
+  ],
+  // nghttp2 resets a response with a `connection` header as malformed, before kmtls sees it: the
+  // client gets the 503 Envoy also answers for an upstream reset before headers.
+  [
+    'a `connection` header (malformed: reset by nghttp2)',
+    [
+      [':status', '204'],
+      ['connection', 'close'],
+    ],
+    503,
+  ],
+] as [string, [string, string][], number][]) {
+  test(`an application answering ${what}: the client gets ${want}, the sidecar lives on`, TEST, async (t) => {
+    const app = await startRawH2App(t, (id) => [frame(1, END_STREAM_HEADERS, id, hpack(fields))]);
+    const chain = await startChain(t, app);
+    const session = h2c(t, chain.outboundPort);
+    const a = await call(session, { ':method': 'GET', ':path': '/odd' });
+    assert.equal(a.headers[':status'], want);
+    assert.equal(a.headers['http2-settings'], undefined);
+    assert.equal(a.headers.connection, undefined);
+    // Both sidecars still serve.
+    const again = await call(session, { ':method': 'GET', ':path': '/again' });
+    assert.equal(again.headers[':status'], want);
+  });
+}
+
+test(
+  'an application answering with http2-settings in its trailers: trailers dropped, no crash',
+  TEST,
+  async (t) => {
+    const app = await startRawH2App(t, (id) => [
+      frame(1, 4, id, hpack([[':status', '200']])),
+      frame(0, 0, id, Buffer.from('body')),
+      frame(
+        1,
+        END_STREAM_HEADERS,
+        id,
+        hpack([
+          ['grpc-status', '0'],
+          ['http2-settings', 'AAMAAABk'],
+        ]),
+      ),
+    ]);
+    const chain = await startChain(t, app);
+    const a = await call(h2c(t, chain.outboundPort), { ':method': 'GET', ':path': '/t' });
+    assert.equal(a.body.toString(), 'body');
+    assert.equal(a.trailers?.['grpc-status'], '0');
+    assert.equal(a.trailers?.['http2-settings'], undefined);
+  },
+);
+
+test(
+  'the application resetting a stream before answering (even NO_ERROR) gives 503, not a hang',
+  TEST,
+  async (t) => {
+    const rst = (code: number) => {
+      const b = Buffer.alloc(4);
+      b.writeUInt32BE(code);
+      return b;
+    };
+    const app = await startRawH2App(t, (id) => [frame(3, 0, id, rst(id === 1 ? 0 : 2))]);
+    const chain = await startChain(t, app);
+    const session = h2c(t, chain.outboundPort);
+    for (const path of ['/no-error', '/internal']) {
+      const a = await call(session, { ':method': 'GET', ':path': path });
+      assert.equal(a.headers[':status'], 503, path);
+      assert.equal(a.headers['x-kmtls-reason'], 'UPSTREAM_UNREACHABLE');
+    }
+  },
+);
+
+test('the application down: a clean 503 with the reason, not a reset after it', TEST, async (t) => {
+  const chain = await startChain(t, `127.0.0.1:${await freePort()}`);
+  const a = await call(h2c(t, chain.outboundPort), grpcCall('/echo.Echo/Say'), grpcFrame('x'));
+  assert.equal(a.headers[':status'], 503);
+  assert.equal(a.headers['x-kmtls-reason'], 'UPSTREAM_UNREACHABLE');
+  assert.match(a.body.toString(), /ECONNREFUSED/);
+});
+
+test(
+  'streams a client holds open never queue other clients behind the application’s stream limit',
+  TEST,
+  async (t) => {
+    const app = await startH2App(t, { maxConcurrentStreams: 2 });
+    const chain = await startChain(t, app.address);
+    const holder = h2c(t, chain.outboundPort);
+    for (let i = 0; i < 2; i++) {
+      const arrived = once(app.events, 'request');
+      holder.request({ ':method': 'GET', ':path': '/hang' }, { endStream: true }).on('error', () => {});
+      await within(arrived, 'a held stream to reach the application');
+    }
+    const a = await call(h2c(t, chain.outboundPort), grpcCall('/echo.Echo/Say'), grpcFrame('past the limit'));
+    assert.deepEqual(a.body, grpcFrame('hello past the limit'));
+    assert.equal(app.sessions(), 2, 'a second application connection took the new stream');
+  },
+);
+
+test(
+  'an `http` port: HTTP/2 clients reach an HTTP/1.1 application as HTTP/1.1, with XFCC',
+  TEST,
+  async (t) => {
+    const seen: http.IncomingHttpHeaders[] = [];
+    const server = http.createServer((req, res) => {
+      seen.push(req.headers);
+      res.setHeader('connection', 'keep-alive');
+      res.end(`h1 app saw ${req.method} ${req.url} http/${req.httpVersion}\n`);
+    });
+    await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+    t.after(() => new Promise<void>((resolve) => server.close(() => resolve())));
+    t.after(() => server.closeAllConnections());
+    const chain = await startChain(t, `127.0.0.1:${(server.address() as AddressInfo).port}`, {
+      appHttp2: false,
+    });
+    const a = await call(h2c(t, chain.outboundPort), {
+      ':method': 'GET',
+      ':path': '/orders?id=7',
+      ':authority': 'payments.finance',
+      [XFCC]: FORGED,
+    });
+    assert.equal(a.headers[':status'], 200);
+    assert.equal(a.headers.connection, undefined);
+    assert.equal(a.body.toString(), 'h1 app saw GET /orders?id=7 http/1.1\n');
+    assert.equal(seen[0]?.[XFCC], EXPECTED_XFCC);
+    assert.equal(seen[0]?.host, 'payments.finance');
+    assert.equal(chain.server.requests[0]?.status, 200);
+  },
+);
+
+test('a client that never finishes the HTTP/2 preface is closed at the idle timeout', TEST, async (t) => {
+  const app = await startH2App(t);
+  const chain = await startChain(t, app.address, { mode: 'PERMISSIVE', limits: { idleTimeoutMs: 200 } });
+  const sock = net.connect(chain.inboundPort, '127.0.0.1');
+  sock.on('error', () => {});
+  t.after(() => sock.destroy());
+  sock.write('PRI * HTTP/2.0\r\n');
+  const rec = await chain.server.nextClosed('the stalled connection to be closed');
+  assert.equal(rec.transport, 'plaintext');
   assert.equal(app.sessions(), 0);
 });
