@@ -40,10 +40,11 @@ RUN apt-get update \
  && useradd --uid 1337 --gid 1337 --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin kmtls
 ENV NODE_ENV=production
 WORKDIR /app
-# The layout bin/kmtls.js and the addon loader expect: /app/bin, /app/dist/src, /app/native/...
+# The layout bin/kmtls.js and the addon loader expect: /app/bin, /app/dist/bundle, /app/native/...
+# The bundle holds kmtls and its dependencies except @kubernetes/client-node, from node_modules.
 COPY --from=build /app/package.json ./package.json
 COPY --from=build /app/node_modules ./node_modules
-COPY --from=build /app/dist/src ./dist/src
+COPY --from=build /app/dist/bundle ./dist/bundle
 COPY --from=build /app/bin ./bin
 COPY --from=build /app/native/original-dst/build/Release/original_dst.node ./native/original-dst/build/Release/original_dst.node
 # Numeric, so that the kubelet can check runAsNonRoot without reading /etc/passwd. The init step

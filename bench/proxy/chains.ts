@@ -7,7 +7,6 @@
 import { execFileSync } from 'node:child_process';
 import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
-import { SIDECAR_NODE_OPTIONS } from '../../src/mesh/index.js';
 import {
   type ChainCerts,
   haproxyClientConf,
@@ -165,8 +164,6 @@ export async function startKmtlsChain(
       `${id} ${role} sidecar`,
       process.execPath,
       [
-        // The flags kmtls starts its own sidecars with (local mesh, injected pods).
-        ...SIDECAR_NODE_OPTIONS,
         ...(role === 'client' ? clientNodeArgs : []),
         path.join(repoRoot, 'bin/kmtls.js'),
         'proxy',

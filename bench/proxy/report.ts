@@ -4,7 +4,6 @@
  * never says more than the run showed. The section sits between two markers, so that
  * `bench/run.ts --only proxy` can replace it alone and leave the rest of the file as it was.
  */
-import { SIDECAR_NODE_OPTIONS } from '../../src/mesh/index.js';
 import type { ChainFigures, ChainId, ProxyBenchResult, SidecarFigures } from '../proxy.js';
 
 export const SECTION_BEGIN = '<!-- bench:proxy:begin -->';
@@ -387,8 +386,7 @@ export function renderProxySection(r: ProxyBenchResult, ctx: SectionContext): st
   out.push(
     [
       '- **Chains**, all on 127.0.0.1, each load generator → client sidecar → mTLS → server sidecar → backend: ' +
-        '*direct* (load generator → backend), *kmtls* (two `kmtls proxy` processes, `--log-level warn`, started as ' +
-        `kmtls starts its sidecars: \`node ${SIDECAR_NODE_OPTIONS.join(' ')} bin/kmtls.js\`, the bundled CLI: client outbound ` +
+        '*direct* (load generator → backend), *kmtls* (two `kmtls proxy` processes of the bundled CLI, `--log-level warn`: client outbound ' +
         "`ISTIO_MUTUAL`, protocol tcp, `expectedIdentities` = the server's SPIFFE ID → server inbound `STRICT`, tcp), " +
         '*nginx* (two nginx `stream` instances: `proxy_ssl on` with a client certificate → `listen … ssl` with ' +
         '`ssl_verify_client on`) and *haproxy* (two haproxy instances, mode tcp: `server … ssl crt … ca-file … verify required` ' +

@@ -4,7 +4,6 @@ import {
   KMTLS_INJECTION_LABEL,
   REWRITE_PROBES_ANNOTATION,
   SIDECAR_CONTAINER,
-  SIDECAR_NODE_OPTIONS,
   TLS_MODE_LABEL,
 } from '../mesh/index.js';
 import { isRecord } from '../policy/index.js';
@@ -429,7 +428,6 @@ function sidecarContainer(
       fieldEnv(POD_ENV.namespace, 'metadata.namespace'),
       fieldEnv(POD_ENV.ip, 'status.podIP'),
       { name: APP_PROBERS_ENV, value: JSON.stringify(probers) },
-      { name: 'NODE_OPTIONS', value: SIDECAR_NODE_OPTIONS.join(' ') },
     ],
     ports: [{ containerPort: STATUS_PORT, name: STATUS_PORT_NAME, protocol: 'TCP' }],
     readinessProbe: {

@@ -8,7 +8,7 @@ import type { SourceState } from '../config/index.js';
 import { DirectorySource } from '../config/index.js';
 import { KmtlsError } from '../errors.js';
 import { parseSpiffeId } from '../identity/index.js';
-import { buildMeshSnapshot, SIDECAR_NODE_OPTIONS } from '../mesh/index.js';
+import { buildMeshSnapshot } from '../mesh/index.js';
 import { BootstrapTokenAuthenticator, writeFileAtomic } from '../pki/index.js';
 import { KubeProxy } from './kube-proxy.js';
 import type { LocalPlan, LocalPod } from './plan.js';
@@ -466,7 +466,6 @@ export class LocalMesh {
           name: `${p.key} sidecar`,
           command: process.execPath,
           args: [
-            ...SIDECAR_NODE_OPTIONS,
             KMTLS_BIN,
             'proxy',
             '--control-plane',

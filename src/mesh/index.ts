@@ -43,7 +43,6 @@ export {
   MESH_ALPNS,
   parseProxyConfig,
   proxyConfigSchema,
-  SIDECAR_NODE_OPTIONS,
 } from './proxy-config.js';
 export type * from './resources.js';
 export { EMPTY_RESOURCES, POD_SOURCE_KINDS } from './resources.js';

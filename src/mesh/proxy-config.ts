@@ -163,14 +163,6 @@ export const MESH_ALPNS = [
 /** What a client sidecar offers: TCP ports (Istio's ALPNInMeshWithMxc) and HTTP/1.1 ports (istio.alpn filter). */
 export const CLIENT_ALPN_TCP = ['istio-peer-exchange', 'istio'] as const;
 export const CLIENT_ALPN_HTTP = ['istio-http/1.1', 'istio', 'http/1.1'] as const;
-/**
- * Node flags for every sidecar process kmtls starts (the local mesh, the injected container's
- * NODE_OPTIONS, the bench). A 1 MB young generation instead of V8's default (up to 16 MB) holds
- * about 2 MB less resident for an idle sidecar; the proxy's garbage is short-lived, so more frequent
- * scavenges cost no measurable CPU (BENCHMARKS.md).
- */
-export const SIDECAR_NODE_OPTIONS = ['--max-semi-space-size=1'] as const;
-
 /** What a client sidecar offers for HTTP/2 (gRPC, h2c) on HTTP ports (Istio's istio.alpn filter). */
 export const CLIENT_ALPN_H2 = ['istio-h2', 'istio', 'h2'] as const;
 
