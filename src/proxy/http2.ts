@@ -20,10 +20,10 @@ import { parseAddress, reportRequest } from './runtime.js';
 export const HTTP2_PREFACE = Buffer.from('PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n', 'latin1');
 
 /**
- * What a connection's first bytes say about its HTTP version. `ended`: it closed, or went quiet for
- * the idle timeout, before saying.
+ * What a connection's first bytes say about its HTTP version. `ended`: the client ended its side
+ * before saying; `idle`: it went quiet for the idle timeout before saying.
  */
-export type HttpVersion = 'h2' | 'http/1' | 'ended';
+export type HttpVersion = 'h2' | 'http/1' | 'ended' | 'idle';
 
 /**
  * Reads a stream's first bytes, without losing them, until they show whether it opens with the
@@ -37,7 +37,7 @@ export function sniffHttpVersion(
   const chunks: Buffer[] = [];
   let done = false;
   // A client that never finishes its first request line or preface is idle: it is closed as one.
-  const timer = waitMs === undefined ? undefined : setTimeout(() => finish('ended'), waitMs);
+  const timer = waitMs === undefined ? undefined : setTimeout(() => finish('idle'), waitMs);
   const finish = (version: HttpVersion) => {
     if (done) return;
     done = true;

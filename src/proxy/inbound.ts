@@ -411,6 +411,7 @@ export class InboundListener {
       // HTTP/1.1 or HTTP/2 (gRPC, h2c): the first bytes say which, as Envoy's automatic codec reads them.
       sniffHttpVersion(stream, this.runtime.config().limits.idleTimeoutMs, (version) => {
         if (version === 'ended') return void stream.end();
+        if (version === 'idle') return void stream.destroy();
         if (version === 'h2') {
           this.http2.serve(stream, {
             record,

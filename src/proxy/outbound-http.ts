@@ -68,6 +68,7 @@ export class HttpOutbound {
     // HTTP/1.1 or HTTP/2 (gRPC, h2c): the first bytes say which.
     sniffHttpVersion(client, this.runtime.config().limits.idleTimeoutMs, (version) => {
       if (version === 'ended') return void client.end();
+      if (version === 'idle') return void client.destroy();
       if (version === 'h2') return this.http2.serve(client, record);
       (client as net.Socket & { kmtls?: ConnectionRecord }).kmtls = record;
       this.server.emit('connection', client);
