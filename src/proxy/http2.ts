@@ -6,7 +6,7 @@ import type { OutboundConfig, OutboundEndpointConfig } from '../mesh/index.js';
 import type { ConnectionRecord, RefusalReason } from './events.js';
 import type { EndpointConnector } from './outbound-http.js';
 import type { ProxyRuntime } from './runtime.js';
-import { parseAddress, reportRequest } from './runtime.js';
+import { parseAddress, poolKey, reportRequest } from './runtime.js';
 
 /**
  * HTTP/2 on HTTP ports (gRPC, h2c), beside the HTTP/1.1 layer: a connection that opens with the
@@ -413,6 +413,12 @@ class SessionPool<U> {
     for (const e of this.entries) e.session.destroy();
     this.entries.length = 0;
   }
+
+  /** No new stream on these connections; streams in flight finish, then they close. */
+  retire(): void {
+    for (const e of this.entries) e.session.close();
+    this.entries.length = 0;
+  }
 }
 
 /** What an inbound HTTP/2 connection carries to the application: set by the listener per connection. */
@@ -596,9 +602,18 @@ export class OutboundHttp2 {
     this.front.close();
   }
 
+  /** Lets go of the pools whose key `retire` names (see OutboundListener.update). */
+  retire(retire: (key: string) => boolean): void {
+    for (const [key, pool] of this.pools) {
+      if (!retire(key)) continue;
+      this.pools.delete(key);
+      pool.retire();
+    }
+  }
+
   /** The endpoint's pool: a new connection is verified (secure naming included) before any stream uses it. */
   private pool(ep: OutboundEndpointConfig, record: ConnectionRecord): SessionPool<ConnectionRecord> {
-    const key = `${ep.tls}|${ep.address}`;
+    const key = poolKey(ep);
     let pool = this.pools.get(key);
     if (!pool) {
       pool = new SessionPool<ConnectionRecord>(

@@ -4,7 +4,7 @@ import type { OutboundConfig, OutboundEndpointConfig } from '../mesh/index.js';
 import type { ConnectionRecord, RefusalReason } from './events.js';
 import { OutboundHttp2, sniffHttpVersion } from './http2.js';
 import type { ProxyRuntime } from './runtime.js';
-import { http1Outcome, reportRequest } from './runtime.js';
+import { http1Outcome, poolKey, reportRequest } from './runtime.js';
 
 /** Opens one upstream connection to an endpoint: TLS, verification and secure naming included. */
 export type EndpointConnector = (
@@ -76,6 +76,18 @@ export class HttpOutbound {
     });
   }
 
+  /** Lets go of the pooled upstream connections whose key `retire` names; requests in flight finish. */
+  retire(retire: (key: string) => boolean): void {
+    for (const [key, agent] of this.agents) {
+      if (!retire(key)) continue;
+      this.agents.delete(key);
+      // A socket that finishes its request is closed instead of kept; idle ones go now.
+      (agent as http.Agent & { keepAlive: boolean }).keepAlive = false;
+      for (const sockets of Object.values(agent.freeSockets)) for (const s of sockets ?? []) s.destroy();
+    }
+    this.http2.retire(retire);
+  }
+
   close(): void {
     this.http2.close();
     for (const a of this.agents.values()) a.destroy();
@@ -83,7 +95,7 @@ export class HttpOutbound {
   }
 
   private agentFor(ep: OutboundEndpointConfig, record: ConnectionRecord): http.Agent {
-    const key = `${ep.tls}|${ep.address}`;
+    const key = poolKey(ep);
     let agent = this.agents.get(key);
     if (!agent) {
       agent = new http.Agent({ keepAlive: true, maxSockets: 128, maxFreeSockets: 32 });

@@ -10,7 +10,7 @@ import type { ConnectionRecord, RefusalReason } from './events.js';
 import { handshakeReason } from './inbound.js';
 import { HttpOutbound } from './outbound-http.js';
 import type { LiveConnection, ProxyRuntime } from './runtime.js';
-import { listenOn, parseAddress, splice } from './runtime.js';
+import { listenOn, parseAddress, poolKey, splice } from './runtime.js';
 
 type Attempt =
   | { ok: true; socket: net.Socket }
@@ -83,8 +83,18 @@ export class OutboundListener {
     this.server = await listenOn(address, (s) => this.handle(s));
   }
 
+  /**
+   * A new config applies to new connections at once. Pooled upstream connections (HTTP ports) were
+   * verified against the old one: when the secure-naming or TLS settings change, none is reused, and
+   * connections to endpoints that left are let go. Requests in flight on them finish.
+   */
   update(dest: OutboundConfig): void {
+    const before = this.dest;
     this.dest = dest;
+    const naming = (d: OutboundConfig) => JSON.stringify([d.expectedIdentities, d.tls ?? null]);
+    const sameNaming = naming(before) === naming(dest);
+    const kept = new Set(dest.endpoints.map((e) => poolKey(e)));
+    this.http.retire((key) => !sameNaming || !kept.has(key));
   }
 
   async close(): Promise<void> {

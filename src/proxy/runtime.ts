@@ -1,6 +1,6 @@
 import type { IncomingMessage } from 'node:http';
 import net, { type Socket } from 'node:net';
-import type { ProxyConfig } from '../mesh/index.js';
+import type { OutboundEndpointConfig, ProxyConfig } from '../mesh/index.js';
 import type { Clock } from '../pki/index.js';
 import type { ProxyIdentity } from './certs.js';
 import type { ConnectionRecord, ProxyObserver, RefusalReason } from './events.js';
@@ -23,6 +23,11 @@ export interface ProxyRuntime {
   /** Registers a live connection; returns the function that unregisters it. */
   track(c: LiveConnection): () => void;
   connectionCount(): number;
+}
+
+/** Upstream connections (HTTP ports) are pooled per endpoint and TLS mode. */
+export function poolKey(ep: OutboundEndpointConfig): string {
+  return `${ep.tls}|${ep.address}`;
 }
 
 /** `host:port` (IPv6 in brackets) split for net.connect / listen. */

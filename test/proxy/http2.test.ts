@@ -183,6 +183,8 @@ interface Chain {
   readonly serverOpened: ConnectionRecord[];
   /** The server sidecar's Prometheus metrics. */
   readonly serverMetrics: ProxyMetrics;
+  /** Gives the client sidecar's destination other expected server identities. */
+  expect(identities: string[]): Promise<void>;
 }
 
 /** Client sidecar (outbound `grpc` port, ISTIO_MUTUAL) → server sidecar (inbound `mode`, HTTP) → app. */
@@ -229,7 +231,7 @@ async function startChain(
   await serverProxy.start();
   t.after(() => serverProxy.stop());
   const clientObserver = recordingObserver();
-  const clientProxy = new Sidecar(
+  const clientConfig = (expectedIdentities: string[]) =>
     proxyConfig({
       workload: { namespace: 'shop', name: 'frontend', identity: CLIENT_ID },
       trustDomains: ['cluster.local'],
@@ -239,12 +241,15 @@ async function startChain(
           listen: `127.0.0.1:${outboundPort}`,
           protocol: 'http',
           endpoints: opts.endpoints ?? [{ address: `127.0.0.1:${inboundPort}`, tls: 'ISTIO_MUTUAL' }],
-          expectedIdentities: [SERVER_ID],
+          expectedIdentities,
         },
       ],
-    }),
-    { clock: { now: Date.now }, observer: clientObserver, identity: CLIENT },
-  );
+    });
+  const clientProxy = new Sidecar(clientConfig([SERVER_ID]), {
+    clock: { now: Date.now },
+    observer: clientObserver,
+    identity: CLIENT,
+  });
   await clientProxy.start();
   t.after(() => clientProxy.stop());
   return {
@@ -254,6 +259,7 @@ async function startChain(
     server: serverObserver,
     serverOpened,
     serverMetrics,
+    expect: (identities) => clientProxy.applyConfig(clientConfig(identities)),
   };
 }
 
@@ -663,3 +669,50 @@ test('a client that never finishes the HTTP/2 preface is closed at the idle time
   assert.equal(rec.transport, 'plaintext');
   assert.equal(app.sessions(), 0);
 });
+
+test(
+  'secure naming changed: pooled upstream connections are not reused (HTTP/2 and HTTP/1.1)',
+  TEST,
+  async (t) => {
+    const OTHER = 'spiffe://cluster.local/ns/finance/sa/ledger';
+    // HTTP/2: a pooled mTLS connection to the server, verified as SERVER_ID.
+    const app = await startH2App(t);
+    const chain = await startChain(t, app.address);
+    const first = await call(h2c(t, chain.outboundPort), grpcCall('/echo.Echo/Say'), grpcFrame('a'));
+    assert.equal(first.headers[':status'], 200);
+    await chain.expect([OTHER]);
+    const after = await call(h2c(t, chain.outboundPort), grpcCall('/echo.Echo/Say'), grpcFrame('b'));
+    assert.equal(after.headers[':status'], 503, 'the pooled connection to SERVER_ID was reused');
+    assert.equal(after.headers['x-kmtls-reason'], 'SAN_MISMATCH');
+    assert.match(after.body.toString(), /expects spiffe:\/\/cluster\.local\/ns\/finance\/sa\/ledger/);
+
+    // HTTP/1.1: the same through the keep-alive agent.
+    const h1 = http.createServer((_req, res) => res.end('ok\n'));
+    await new Promise<void>((resolve) => h1.listen(0, '127.0.0.1', resolve));
+    t.after(() => new Promise<void>((resolve) => h1.close(() => resolve())));
+    t.after(() => h1.closeAllConnections());
+    const h1chain = await startChain(t, `127.0.0.1:${(h1.address() as AddressInfo).port}`, {
+      appHttp2: false,
+    });
+    const get = () =>
+      within(
+        new Promise<{ status: number; reason: string | undefined }>((resolve, reject) => {
+          http
+            .get({ host: '127.0.0.1', port: h1chain.outboundPort, path: '/', agent: false }, (res) => {
+              res.resume();
+              res.on('end', () =>
+                resolve({
+                  status: res.statusCode ?? 0,
+                  reason: res.headers['x-kmtls-reason'] as string | undefined,
+                }),
+              );
+            })
+            .on('error', reject);
+        }),
+        'an HTTP/1.1 answer',
+      );
+    assert.deepEqual(await get(), { status: 200, reason: undefined });
+    await h1chain.expect([OTHER]);
+    assert.deepEqual(await get(), { status: 503, reason: 'SAN_MISMATCH' });
+  },
+);
