@@ -13,6 +13,7 @@ import type { ConnectionRecord, RefusalReason } from './events.js';
 import { InboundHttp2, sniffHttpVersion } from './http2.js';
 import type { LiveConnection, ProxyRuntime } from './runtime.js';
 import { http1Outcome, listenOn, parseAddress, reportRequest, splice } from './runtime.js';
+import { endToEndHeaders, relayUpgrade } from './upgrade.js';
 
 const XFCC = 'x-forwarded-client-cert';
 
@@ -84,6 +85,14 @@ class ChainMemory {
   }
 }
 
+/** What the HTTP/1.1 layer needs of one connection to forward its requests. */
+interface Http1Context {
+  readonly record: ConnectionRecord;
+  readonly mtls?: { identity: ProxyIdentity; peerCertificate: Buffer } | undefined;
+  readonly forward: string;
+  readonly localAddress?: string | undefined;
+}
+
 export class InboundListener {
   private server: net.Server | undefined;
   private readonly http: http.Server;
@@ -108,6 +117,9 @@ export class InboundListener {
       if (socket.writable) socket.end('HTTP/1.1 400 Bad Request\r\nconnection: close\r\n\r\n');
       else socket.destroy();
     });
+    this.http.on('upgrade', (req: IncomingMessage, socket: net.Socket, head: Buffer) =>
+      this.forwardUpgrade(req, socket, head),
+    );
     this.http2 = new InboundHttp2(runtime, XFCC, this.agent);
   }
 
@@ -422,12 +434,8 @@ export class InboundListener {
           });
           return;
         }
-        (stream as net.Socket & { kmtls?: unknown }).kmtls = {
-          record,
-          mtls,
-          forward: port.forward,
-          localAddress,
-        };
+        const ctx: Http1Context = { record, mtls, forward: port.forward, localAddress };
+        (stream as net.Socket & { kmtls?: Http1Context }).kmtls = ctx;
         this.http.emit('connection', stream);
         stream.resume();
       });
@@ -461,23 +469,51 @@ export class InboundListener {
     });
   }
 
-  private forwardRequest(req: IncomingMessage, res: ServerResponse): void {
-    const started = this.runtime.clock.now();
-    const ctx = (
-      req.socket as net.Socket & {
-        kmtls?: {
-          record: ConnectionRecord;
-          mtls?: { identity: ProxyIdentity; peerCertificate: Buffer };
-          forward: string;
-          localAddress?: string;
-        };
-      }
-    ).kmtls;
-    const forward = ctx?.forward ?? this.port.forward;
-    const headers = { ...req.headers };
-    delete headers[XFCC];
+  /** What the HTTP/1.1 layer knows of a connection: set on the socket when it is handed over. */
+  private contextOf(socket: net.Socket): Http1Context | undefined {
+    return (socket as net.Socket & { kmtls?: Http1Context }).kmtls;
+  }
+
+  /** A request's headers for the application: hop-by-hop ones and the client's XFCC removed, kmtls's set. */
+  private appHeaders(req: IncomingMessage, ctx: Http1Context | undefined): http.OutgoingHttpHeaders {
+    const headers = endToEndHeaders(req.headers, [XFCC]);
     const xfcc = ctx?.mtls ? xfccValue(ctx.mtls, ctx.record) : undefined;
     if (xfcc) headers[XFCC] = xfcc;
+    return headers;
+  }
+
+  /** A WebSocket upgrade: to the application on a connection of its own, then bytes both ways. */
+  private forwardUpgrade(req: IncomingMessage, socket: net.Socket, head: Buffer): void {
+    const ctx = this.contextOf(socket);
+    const forward = ctx?.forward ?? this.port.forward;
+    const { host, port } = parseAddress(forward);
+    relayUpgrade(
+      this.runtime,
+      ctx?.record,
+      req,
+      socket,
+      head,
+      {
+        options: {
+          host,
+          port,
+          agent: false,
+          ...(ctx?.localAddress ? { localAddress: ctx.localAddress } : {}),
+        },
+        headers: this.appHeaders(req, ctx),
+      },
+      (err) => ({
+        reason: 'UPSTREAM_UNREACHABLE',
+        message: `the application at ${forward} is unreachable: ${err.message}`,
+      }),
+    );
+  }
+
+  private forwardRequest(req: IncomingMessage, res: ServerResponse): void {
+    const started = this.runtime.clock.now();
+    const ctx = this.contextOf(req.socket);
+    const forward = ctx?.forward ?? this.port.forward;
+    const headers = this.appHeaders(req, ctx);
     const { host, port } = parseAddress(forward);
     const upstream = http.request(
       {
@@ -490,7 +526,7 @@ export class InboundListener {
         ...(ctx?.localAddress ? { localAddress: ctx.localAddress } : {}),
       },
       (upRes) => {
-        res.writeHead(upRes.statusCode ?? 502, upRes.statusMessage, upRes.headers);
+        res.writeHead(upRes.statusCode ?? 502, upRes.statusMessage, endToEndHeaders(upRes.headers));
         upRes.pipe(res);
         upRes.on('end', () =>
           reportRequest(this.runtime, ctx?.record, http1Outcome(req, upRes.statusCode ?? 502, started)),

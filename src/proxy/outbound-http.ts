@@ -4,7 +4,8 @@ import type { OutboundConfig, OutboundEndpointConfig } from '../mesh/index.js';
 import type { ConnectionRecord, RefusalReason } from './events.js';
 import { OutboundHttp2, sniffHttpVersion } from './http2.js';
 import type { ProxyRuntime } from './runtime.js';
-import { http1Outcome, poolKey, reportRequest } from './runtime.js';
+import { http1Outcome, parseAddress, poolKey, reportRequest } from './runtime.js';
+import { endToEndHeaders, relayUpgrade } from './upgrade.js';
 
 /** Opens one upstream connection to an endpoint: TLS, verification and secure naming included. */
 export type EndpointConnector = (
@@ -15,17 +16,6 @@ export type EndpointConnector = (
 ) => Promise<
   { ok: true; socket: net.Socket } | { ok: false; reason: RefusalReason; message: string; retryable: boolean }
 >;
-
-/** Hop-by-hop headers (RFC 9110 7.6.1): they belong to one connection and are not forwarded. */
-const HOP_BY_HOP = [
-  'connection',
-  'keep-alive',
-  'proxy-connection',
-  'te',
-  'trailer',
-  'transfer-encoding',
-  'upgrade',
-];
 
 class RefusedUpstream extends Error {
   constructor(
@@ -60,6 +50,9 @@ export class HttpOutbound {
       if (socket.writable) socket.end('HTTP/1.1 400 Bad Request\r\nconnection: close\r\n\r\n');
       else socket.destroy();
     });
+    this.server.on('upgrade', (req: http.IncomingMessage, socket: net.Socket, head: Buffer) =>
+      this.upgrade(req, socket, head),
+    );
     this.http2 = new OutboundHttp2(dest, runtime, connect);
   }
 
@@ -131,9 +124,7 @@ export class HttpOutbound {
     const started = this.runtime.clock.now();
     const dest = this.dest();
     const endpoints = dest.endpoints;
-    const headers: http.OutgoingHttpHeaders = {};
-    for (const [k, v] of Object.entries(req.headers))
-      if (!HOP_BY_HOP.includes(k) && v !== undefined) headers[k] = v;
+    const headers = endToEndHeaders(req.headers);
     // Buffer nothing: the body streams to the first endpoint that accepts the connection.
     const start = this.next++ % endpoints.length;
     const attempt = (i: number) => {
@@ -161,9 +152,7 @@ export class HttpOutbound {
             if (up.destinationAddress)
               (record as { destinationAddress?: string }).destinationAddress = up.destinationAddress;
           }
-          const out: http.OutgoingHttpHeaders = {};
-          for (const [k, v] of Object.entries(upRes.headers))
-            if (!HOP_BY_HOP.includes(k) && v !== undefined) out[k] = v;
+          const out = endToEndHeaders(upRes.headers);
           res.writeHead(upRes.statusCode ?? 502, upRes.statusMessage, out);
           upRes.pipe(res);
           upRes.on('end', () =>
@@ -191,5 +180,50 @@ export class HttpOutbound {
       req.pipe(upstream);
     };
     attempt(0);
+  }
+
+  /** A WebSocket (or other Upgrade) request: to the next endpoint, over a verified connection of its own. */
+  private upgrade(req: http.IncomingMessage, socket: net.Socket, head: Buffer): void {
+    const record = (socket as net.Socket & { kmtls?: ConnectionRecord }).kmtls;
+    const dest = this.dest();
+    const endpoints = dest.endpoints;
+    const ep = endpoints[this.next++ % endpoints.length];
+    if (!ep || !record) {
+      socket.destroy();
+      return;
+    }
+    const { host, port } = parseAddress(ep.address);
+    // An upgraded connection is never returned to a pool: it gets an agent of its own.
+    const agent = new http.Agent({ keepAlive: false });
+    (agent as unknown as { createConnection: unknown }).createConnection = (
+      _opts: unknown,
+      callback: (err: Error | null, socket?: net.Socket) => void,
+    ) => {
+      const upstream: ConnectionRecord = { ...record, bytesReceived: 0, bytesSent: 0 };
+      void this.connect(ep, upstream).then(
+        (r) => {
+          if (!r.ok) return callback(new RefusedUpstream(r.reason, r.message, r.retryable));
+          record.transport = upstream.transport;
+          record.sourcePrincipal = upstream.sourcePrincipal;
+          record.destinationPrincipal = upstream.destinationPrincipal;
+          record.tlsVersion = upstream.tlsVersion;
+          callback(null, r.socket);
+        },
+        (err: Error) => callback(new RefusedUpstream('HANDSHAKE_FAILED', err.message, false)),
+      );
+      return undefined;
+    };
+    relayUpgrade(
+      this.runtime,
+      record,
+      req,
+      socket,
+      head,
+      { options: { host, port, agent }, headers: endToEndHeaders(req.headers) },
+      (err) => ({
+        reason: err instanceof RefusedUpstream ? err.reason : 'UPSTREAM_UNREACHABLE',
+        message: `${dest.name}: ${err.message}`,
+      }),
+    );
   }
 }

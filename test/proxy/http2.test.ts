@@ -1,5 +1,5 @@
 /**
- * HTTP/2 on HTTP ports: gRPC and h2c through the whole chain (application → client sidecar → mTLS
+ * HTTP/2 on HTTP ports, and HTTP/1.1 Upgrade (WebSocket): gRPC and h2c through the whole chain (application → client sidecar → mTLS
  * → server sidecar → application), on real sockets. What is checked: `x-forwarded-client-cert` is
  * set by the server sidecar and a client's own is never passed on; trailers (gRPC's status) and
  * trailers-only answers arrive; streams share one upstream connection; refusals become 503s with
@@ -714,5 +714,108 @@ test(
     assert.deepEqual(await get(), { status: 200, reason: undefined });
     await h1chain.expect([OTHER]);
     assert.deepEqual(await get(), { status: 503, reason: 'SAN_MISMATCH' });
+  },
+);
+
+// ---------------------------------------------------------------------------------------------
+// HTTP/1.1 Upgrade: WebSocket through both sidecars; other upgrades are not carried
+
+/**
+ * An HTTP/1.1 application that accepts WebSocket upgrades (101, then echoes every chunk prefixed
+ * with `echo:`) and answers other requests with what it saw.
+ */
+async function startUpgradeApp(
+  t: TestContext,
+): Promise<{ address: string; seen: http.IncomingHttpHeaders[] }> {
+  const seen: http.IncomingHttpHeaders[] = [];
+  const server = http.createServer((req, res) => {
+    seen.push(req.headers);
+    res.end(`plain answer, upgrade=${req.headers.upgrade ?? 'none'}\n`);
+  });
+  const upgraded = new Set<net.Socket>();
+  server.on('upgrade', (req: http.IncomingMessage, socket: net.Socket, head: Buffer) => {
+    seen.push(req.headers);
+    upgraded.add(socket);
+    socket.write(
+      'HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: test\r\n\r\n',
+    );
+    if (head.length > 0) socket.write(Buffer.concat([Buffer.from('echo:'), head]));
+    socket.on('data', (d: Buffer) => socket.write(Buffer.concat([Buffer.from('echo:'), d])));
+    socket.on('error', () => {});
+  });
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  // Upgraded sockets are no longer the server's: they are destroyed first, or close() would wait.
+  t.after(async () => {
+    for (const s of upgraded) s.destroy();
+    server.closeAllConnections();
+    await new Promise<void>((resolve) => server.close(() => resolve()));
+  });
+  return { address: `127.0.0.1:${(server.address() as AddressInfo).port}`, seen };
+}
+
+/** Reads from `sock` until `pattern` has arrived; resolves with everything read. */
+function readUntil(sock: net.Socket, pattern: RegExp, what: string): Promise<string> {
+  let got = '';
+  return within(
+    new Promise<string>((resolve, reject) => {
+      const onData = (d: Buffer) => {
+        got += d.toString('latin1');
+        if (pattern.test(got)) {
+          sock.off('data', onData);
+          resolve(got);
+        }
+      };
+      sock.on('data', onData);
+      sock.once('error', reject);
+    }),
+    `${what} (got ${JSON.stringify(got)})`,
+  );
+}
+
+test(
+  'WebSocket through both sidecars: 101, bytes both ways, XFCC set on the upgrade request',
+  TEST,
+  async (t) => {
+    const app = await startUpgradeApp(t);
+    const chain = await startChain(t, app.address, { appHttp2: false });
+    const sock = net.connect(chain.outboundPort, '127.0.0.1');
+    sock.on('error', () => {});
+    t.after(() => sock.destroy());
+    sock.write(
+      'GET /chat HTTP/1.1\r\nHost: payments\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n' +
+        `Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n${XFCC}: ${FORGED}\r\n\r\n`,
+    );
+    const answer = await readUntil(sock, /\r\n\r\n/, 'the 101');
+    assert.match(answer, /^HTTP\/1\.1 101 /);
+    assert.match(answer, /\r\nsec-websocket-accept: test\r\n/i);
+    assert.match(answer, /\r\nupgrade: websocket\r\n/i);
+    sock.write('hello over the upgrade');
+    await readUntil(sock, /echo:hello over the upgrade/, 'the echo');
+    assert.equal(app.seen[0]?.[XFCC], EXPECTED_XFCC);
+    assert.equal(app.seen[0]?.upgrade, 'websocket');
+    assert.equal(app.seen[0]?.['sec-websocket-key'], 'dGhlIHNhbXBsZSBub25jZQ==');
+    assert.equal(chain.client.requests[0]?.status, 101);
+    assert.equal(chain.server.requests[0]?.status, 101);
+    assert.equal(chain.server.requests[0]?.connection.sourcePrincipal, CLIENT_ID);
+  },
+);
+
+test(
+  'an HTTP/1.1 Upgrade to h2c is not carried: the request arrives without it, XFCC still checked',
+  TEST,
+  async (t) => {
+    const app = await startUpgradeApp(t);
+    const chain = await startChain(t, app.address, { mode: 'PERMISSIVE', appHttp2: false });
+    const sock = net.connect(chain.inboundPort, '127.0.0.1');
+    sock.on('error', () => {});
+    t.after(() => sock.destroy());
+    sock.write(
+      `GET /x HTTP/1.1\r\nHost: payments\r\nUpgrade: h2c\r\nConnection: Upgrade, HTTP2-Settings\r\nHTTP2-Settings: AAMAAABkAAQAoAAAAAIAAAAA\r\n${XFCC}: ${FORGED}\r\n\r\n`,
+    );
+    const answer = await readUntil(sock, /upgrade=\w+\n/, 'the plain answer');
+    assert.match(answer, /^HTTP\/1\.1 200 /);
+    assert.match(answer, /plain answer, upgrade=none\n/);
+    assert.equal(app.seen[0]?.[XFCC], undefined);
+    assert.equal(app.seen[0]?.['http2-settings'], undefined);
   },
 );
