@@ -6,6 +6,7 @@
  * their reason; curl (nghttp2) as an outside client, by ALPN over TLS and by prior knowledge.
  */
 import assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
 import { X509Certificate } from 'node:crypto';
 import { EventEmitter, once } from 'node:events';
 import http from 'node:http';
@@ -817,5 +818,64 @@ test(
     assert.match(answer, /plain answer, upgrade=none\n/);
     assert.equal(app.seen[0]?.[XFCC], undefined);
     assert.equal(app.seen[0]?.['http2-settings'], undefined);
+  },
+);
+
+// ---------------------------------------------------------------------------------------------
+// A real gRPC client: Python's grpcio (gRPC C-core), h2c to the client sidecar
+
+/** A Python with grpcio: Debian's python3-grpcio installs for /usr/bin/python3. */
+function grpcPython(): string | undefined {
+  for (const py of ['/usr/bin/python3', 'python3']) {
+    const r = spawnSync(py, ['-c', 'import grpc'], { stdio: 'ignore' });
+    if (r.status === 0) return py;
+  }
+  return undefined;
+}
+
+const GRPC_CLIENT = `
+import sys, grpc
+ch = grpc.insecure_channel('127.0.0.1:' + sys.argv[1])
+say = ch.unary_unary('/echo.Echo/Say', request_serializer=lambda b: b, response_deserializer=lambda b: b)
+resp, call = say.with_call(b'from grpcio', metadata=[('${XFCC}', '${FORGED}')], timeout=5)
+print('say', resp.decode(), call.code().name)
+missing = ch.unary_unary('/echo.Echo/Missing', request_serializer=lambda b: b, response_deserializer=lambda b: b)
+try:
+    missing(b'x', timeout=5)
+except grpc.RpcError as e:
+    print('missing', e.code().name, e.details())
+`;
+
+test(
+  'a real gRPC client (grpcio): unary call, gRPC status, XFCC; an endpoint down reads UNAVAILABLE',
+  TEST,
+  async (t) => {
+    const py = grpcPython();
+    if (!py) {
+      if (process.env.KMTLS_REQUIRE_PEERS === '1')
+        assert.fail('grpcio is required here (apt-get install python3-grpcio)');
+      t.skip('no Python with grpcio (apt-get install python3-grpcio)');
+      return;
+    }
+    const app = await startH2App(t);
+    const chain = await startChain(t, app.address);
+    const r = await runPeer(t, py, ['-c', GRPC_CLIENT, String(chain.outboundPort)], { timeoutMs: 15_000 });
+    assert.equal(r.code, 0, r.stderr);
+    assert.equal(r.stdout, 'say hello from grpcio OK\nmissing NOT_FOUND no such thing\n');
+    assert.equal(app.requests[0]?.[XFCC], EXPECTED_XFCC);
+    assert.match(String(app.requests[0]?.['user-agent']), /grpc-python/);
+    assert.deepEqual(
+      chain.client.requests.map((q) => [q.path, q.protocol, q.grpcStatus]),
+      [
+        ['/echo.Echo/Say', 'grpc', '0'],
+        ['/echo.Echo/Missing', 'grpc', '5'],
+      ],
+    );
+    const down = await startChain(t, app.address, {
+      endpoints: [{ address: `127.0.0.1:${await freePort()}`, tls: 'ISTIO_MUTUAL' }],
+    });
+    const d = await runPeer(t, py, ['-c', GRPC_CLIENT, String(down.outboundPort)], { timeoutMs: 15_000 });
+    assert.notEqual(d.code, 0);
+    assert.match(d.stderr, /StatusCode\.UNAVAILABLE/);
   },
 );
