@@ -529,6 +529,73 @@ export class InboundHttp2 {
     });
   }
 
+  /**
+   * One HTTP/1.1 request to an HTTP/2 application, over the same pooled connections its HTTP/2
+   * clients use: `headers` are the request's end-to-end headers, XFCC already settled; the answer
+   * goes back as HTTP/1.1 (trailers are not carried).
+   */
+  forwardHttp1Request(
+    req: http.IncomingMessage,
+    res: http.ServerResponse,
+    headers: http.OutgoingHttpHeaders,
+    to: { forward: string; localAddress: string | undefined; done: (status: number) => void },
+  ): void {
+    const fail = (message: string) => {
+      if (!res.headersSent) {
+        res.writeHead(503, { 'content-type': 'text/plain', 'x-kmtls-reason': 'UPSTREAM_UNREACHABLE' });
+        res.end(`kmtls: the application at ${to.forward} is unreachable: ${message}\n`);
+      } else {
+        res.destroy();
+      }
+      to.done(503);
+    };
+    const h2: http2.OutgoingHttpHeaders = {
+      ':method': req.method ?? 'GET',
+      ':path': req.url ?? '/',
+      ':scheme': 'http',
+      ':authority': req.headers.host ?? to.forward,
+    };
+    for (const [k, v] of Object.entries(headers)) if (k !== 'host' && v !== undefined) h2[k] = v;
+    const pool = this.pool(to.forward, to.localAddress);
+    void pool.acquire().then((r) => {
+      if (!r.ok) return fail(r.message);
+      let up: http2.ClientHttp2Stream;
+      try {
+        up = pool.request(r.entry, h2);
+      } catch (err) {
+        return fail((err as Error).message);
+      }
+      let upEnded = false;
+      let failed = false;
+      const failOnce = (message: string) => {
+        if (failed) return;
+        failed = true;
+        fail(message);
+      };
+      up.on('response', (answer) => {
+        const status = Number(forwardable(answer, true)[':status']);
+        const out: http.OutgoingHttpHeaders = {};
+        for (const [k, v] of Object.entries(forwardable(answer, false))) out[k] = v;
+        res.writeHead(status, out);
+        up.pipe(res);
+        up.on('end', () => {
+          upEnded = true;
+          to.done(status);
+        });
+      });
+      up.on('error', (err) => failOnce(err.message));
+      up.on('close', () => {
+        // Reset or closed before the whole answer: no clean end for the client either.
+        if (!res.headersSent) failOnce(`the application closed the stream (code ${up.rstCode}) unanswered`);
+        else if (!upEnded) res.destroy();
+      });
+      res.on('close', () => {
+        if (!up.closed && !up.destroyed) guarded(() => up.close(NGHTTP2_CANCEL));
+      });
+      req.pipe(up);
+    });
+  }
+
   /** One stream as an HTTP/1.1 request to the application; the answer goes back on the stream. */
   private forwardHttp1(
     stream: http2.ServerHttp2Stream,

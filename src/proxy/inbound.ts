@@ -91,6 +91,8 @@ interface Http1Context {
   readonly mtls?: { identity: ProxyIdentity; peerCertificate: Buffer } | undefined;
   readonly forward: string;
   readonly localAddress?: string | undefined;
+  /** The application speaks HTTP/2 (the port's `http2`): requests reach it as HTTP/2. */
+  readonly appHttp2: boolean;
 }
 
 export class InboundListener {
@@ -434,7 +436,13 @@ export class InboundListener {
           });
           return;
         }
-        const ctx: Http1Context = { record, mtls, forward: port.forward, localAddress };
+        const ctx: Http1Context = {
+          record,
+          mtls,
+          forward: port.forward,
+          localAddress,
+          appHttp2: port.http2 === true,
+        };
         (stream as net.Socket & { kmtls?: Http1Context }).kmtls = ctx;
         this.http.emit('connection', stream);
         stream.resume();
@@ -514,6 +522,15 @@ export class InboundListener {
     const ctx = this.contextOf(req.socket);
     const forward = ctx?.forward ?? this.port.forward;
     const headers = this.appHeaders(req, ctx);
+    if (ctx?.appHttp2) {
+      // An HTTP/2 application (a grpc or http2 port) gets HTTP/2 whatever the client spoke, as from Envoy.
+      this.http2.forwardHttp1Request(req, res, headers, {
+        forward,
+        localAddress: ctx.localAddress,
+        done: (status) => reportRequest(this.runtime, ctx.record, http1Outcome(req, status, started)),
+      });
+      return;
+    }
     const { host, port } = parseAddress(forward);
     const upstream = http.request(
       {

@@ -879,3 +879,39 @@ test(
     assert.match(d.stderr, /StatusCode\.UNAVAILABLE/);
   },
 );
+
+test(
+  'an HTTP/1.1 client on a grpc/http2 port reaches the HTTP/2 application as HTTP/2, with XFCC',
+  TEST,
+  async (t) => {
+    const app = await startH2App(t);
+    const chain = await startChain(t, app.address);
+    const answer = await within(
+      new Promise<{ status: number; body: string }>((resolve, reject) => {
+        http
+          .get(
+            {
+              host: '127.0.0.1',
+              port: chain.outboundPort,
+              path: '/plain',
+              headers: { host: 'payments.finance', [XFCC]: FORGED },
+            },
+            (res) => {
+              let body = '';
+              res.setEncoding('utf8');
+              res.on('data', (d: string) => {
+                body += d;
+              });
+              res.on('end', () => resolve({ status: res.statusCode ?? 0, body }));
+            },
+          )
+          .on('error', reject);
+      }),
+      'an HTTP/1.1 answer from the HTTP/2 application',
+    );
+    assert.deepEqual(answer, { status: 200, body: `app saw GET /plain ${EXPECTED_XFCC}\n` });
+    assert.equal(app.requests[0]?.[':authority'], 'payments.finance');
+    assert.equal(app.sessions(), 1);
+    assert.equal(chain.server.requests[0]?.status, 200);
+  },
+);
