@@ -7,6 +7,7 @@ import type { ConnectionRecord, RefusalReason } from './events.js';
 import type { EndpointConnector } from './outbound-http.js';
 import type { ProxyRuntime } from './runtime.js';
 import { parseAddress, poolKey, reportRequest } from './runtime.js';
+import { endToEndHeaders } from './upgrade.js';
 
 /**
  * HTTP/2 on HTTP ports (gRPC, h2c), beside the HTTP/1.1 layer: a connection that opens with the
@@ -348,6 +349,8 @@ type Opened<U> =
 class SessionPool<U> {
   private readonly entries: PooledSession<U>[] = [];
   private opening: Promise<Opened<U>> | undefined;
+  /** Retired: a connection still being opened serves its waiters, then closes. */
+  private retired = false;
 
   constructor(
     private readonly open: () => Promise<Opened<U>>,
@@ -399,6 +402,7 @@ class SessionPool<U> {
     if (idleMs !== undefined) session.setTimeout(idleMs, () => session.close());
     session.unref();
     this.entries.push(entry);
+    if (this.retired) setImmediate(() => this.retire());
   }
 
   /** Opens a stream on the entry, counted until it closes. */
@@ -416,6 +420,7 @@ class SessionPool<U> {
 
   /** No new stream on these connections; streams in flight finish, then they close. */
   retire(): void {
+    this.retired = true;
     for (const e of this.entries) e.session.close();
     this.entries.length = 0;
   }
@@ -574,9 +579,15 @@ export class InboundHttp2 {
       };
       up.on('response', (answer) => {
         const status = Number(forwardable(answer, true)[':status']);
-        const out: http.OutgoingHttpHeaders = {};
-        for (const [k, v] of Object.entries(forwardable(answer, false))) out[k] = v;
-        res.writeHead(status, out);
+        // HTTP/1.1's own hop-by-hop headers too (`trailer` would make Node throw on a body that is
+        // not chunked).
+        const out = endToEndHeaders(forwardable(answer, false) as http.IncomingHttpHeaders);
+        try {
+          res.writeHead(status, out);
+        } catch (err) {
+          guarded(() => up.close(NGHTTP2_CANCEL));
+          return failOnce(`the application's answer cannot be sent as HTTP/1.1: ${(err as Error).message}`);
+        }
         up.pipe(res);
         up.on('end', () => {
           upEnded = true;

@@ -13,7 +13,7 @@ import type { ConnectionRecord, RefusalReason } from './events.js';
 import { InboundHttp2, sniffHttpVersion } from './http2.js';
 import type { LiveConnection, ProxyRuntime } from './runtime.js';
 import { http1Outcome, listenOn, parseAddress, reportRequest, splice } from './runtime.js';
-import { endToEndHeaders, relayUpgrade } from './upgrade.js';
+import { endToEndHeaders, isWebSocketUpgrade, relayUpgrade, reparseWithoutUpgrade } from './upgrade.js';
 
 const XFCC = 'x-forwarded-client-cert';
 
@@ -493,6 +493,12 @@ export class InboundListener {
   /** A WebSocket upgrade: to the application on a connection of its own, then bytes both ways. */
   private forwardUpgrade(req: IncomingMessage, socket: net.Socket, head: Buffer): void {
     const ctx = this.contextOf(socket);
+    // Only WebSocket is carried, and only to an HTTP/1.1 application (WebSocket over HTTP/2 needs
+    // extended CONNECT): anything else goes on as the ordinary request it also is.
+    if (!isWebSocketUpgrade(req) || ctx?.appHttp2) {
+      reparseWithoutUpgrade(this.http, req, socket, head);
+      return;
+    }
     const forward = ctx?.forward ?? this.port.forward;
     const { host, port } = parseAddress(forward);
     relayUpgrade(
@@ -543,22 +549,34 @@ export class InboundListener {
         ...(ctx?.localAddress ? { localAddress: ctx.localAddress } : {}),
       },
       (upRes) => {
-        res.writeHead(upRes.statusCode ?? 502, upRes.statusMessage, endToEndHeaders(upRes.headers));
+        const status = upRes.statusCode ?? 502;
+        if (status < 200) {
+          upRes.destroy();
+          return unanswered(502, `the application answered ${status} to a request that asked for no upgrade`);
+        }
+        res.writeHead(status, upRes.statusMessage, endToEndHeaders(upRes.headers));
         upRes.pipe(res);
-        upRes.on('end', () =>
-          reportRequest(this.runtime, ctx?.record, http1Outcome(req, upRes.statusCode ?? 502, started)),
-        );
+        upRes.on('end', () => reportRequest(this.runtime, ctx?.record, http1Outcome(req, status, started)));
       },
     );
-    upstream.on('error', (err) => {
+    let done = false;
+    const unanswered = (status: number, message: string) => {
+      if (done) return;
+      done = true;
       if (!res.headersSent) {
-        res.writeHead(503, { 'content-type': 'text/plain', 'x-kmtls-reason': 'UPSTREAM_UNREACHABLE' });
-        res.end(`kmtls: the application at ${forward} is unreachable: ${err.message}\n`);
+        res.writeHead(status, { 'content-type': 'text/plain', 'x-kmtls-reason': 'UPSTREAM_UNREACHABLE' });
+        res.end(`kmtls: the application at ${forward}: ${message}\n`);
       } else {
         res.destroy();
       }
-      reportRequest(this.runtime, ctx?.record, http1Outcome(req, 503, started));
+      reportRequest(this.runtime, ctx?.record, http1Outcome(req, status, started));
+    };
+    // A 101 to a request that asked for no upgrade: nothing can be carried on.
+    upstream.on('upgrade', (_r: IncomingMessage, sock: net.Socket) => {
+      sock.destroy();
+      unanswered(502, 'the application answered 101 to a request that asked for no upgrade');
     });
+    upstream.on('error', (err) => unanswered(503, `unreachable: ${err.message}`));
     req.pipe(upstream);
   }
 }

@@ -5,7 +5,7 @@ import type { ConnectionRecord, RefusalReason } from './events.js';
 import { OutboundHttp2, sniffHttpVersion } from './http2.js';
 import type { ProxyRuntime } from './runtime.js';
 import { http1Outcome, parseAddress, poolKey, reportRequest } from './runtime.js';
-import { endToEndHeaders, relayUpgrade } from './upgrade.js';
+import { endToEndHeaders, isWebSocketUpgrade, relayUpgrade, reparseWithoutUpgrade } from './upgrade.js';
 
 /** Opens one upstream connection to an endpoint: TLS, verification and secure naming included. */
 export type EndpointConnector = (
@@ -152,30 +152,50 @@ export class HttpOutbound {
             if (up.destinationAddress)
               (record as { destinationAddress?: string }).destinationAddress = up.destinationAddress;
           }
-          const out = endToEndHeaders(upRes.headers);
-          res.writeHead(upRes.statusCode ?? 502, upRes.statusMessage, out);
+          const status = upRes.statusCode ?? 502;
+          if (status < 200) {
+            upRes.destroy();
+            return unanswered(
+              502,
+              'UPSTREAM_UNREACHABLE',
+              `the upstream answered ${status} to a plain request`,
+            );
+          }
+          res.writeHead(status, upRes.statusMessage, endToEndHeaders(upRes.headers));
           upRes.pipe(res);
-          upRes.on('end', () =>
-            reportRequest(this.runtime, record, http1Outcome(req, upRes.statusCode ?? 502, started)),
-          );
+          upRes.on('end', () => reportRequest(this.runtime, record, http1Outcome(req, status, started)));
         },
       );
+      let done = false;
+      const unanswered = (status: number, reason: RefusalReason, message: string) => {
+        if (done) return;
+        done = true;
+        if (record) {
+          record.reason = reason;
+          record.message = message;
+        }
+        if (!res.headersSent) {
+          res.writeHead(status, { 'content-type': 'text/plain', 'x-kmtls-reason': reason });
+          res.end(`kmtls: ${dest.name}: ${reason}: ${message}\n`);
+        } else {
+          res.destroy();
+        }
+        reportRequest(this.runtime, record, http1Outcome(req, status, started));
+      };
+      // A 101 to a request that asked for no upgrade: nothing can be carried on.
+      upstream.on('upgrade', (_r: http.IncomingMessage, sock: net.Socket) => {
+        sock.destroy();
+        unanswered(
+          502,
+          'UPSTREAM_UNREACHABLE',
+          'the upstream answered 101 to a request that asked for no upgrade',
+        );
+      });
       upstream.on('error', (err) => {
         const refused = err instanceof RefusedUpstream ? err : undefined;
         // Nothing reached an endpoint that refused the connection: the next one may take the request.
         if (refused?.retryable && i + 1 < endpoints.length && !res.headersSent) return attempt(i + 1);
-        const reason: RefusalReason = refused?.reason ?? 'UPSTREAM_UNREACHABLE';
-        if (record) {
-          record.reason = reason;
-          record.message = err.message;
-        }
-        if (!res.headersSent) {
-          res.writeHead(503, { 'content-type': 'text/plain', 'x-kmtls-reason': reason });
-          res.end(`kmtls: ${dest.name}: ${reason}: ${err.message}\n`);
-        } else {
-          res.destroy();
-        }
-        reportRequest(this.runtime, record, http1Outcome(req, 503, started));
+        unanswered(503, refused?.reason ?? 'UPSTREAM_UNREACHABLE', err.message);
       });
       req.pipe(upstream);
     };
@@ -184,12 +204,19 @@ export class HttpOutbound {
 
   /** A WebSocket (or other Upgrade) request: to the next endpoint, over a verified connection of its own. */
   private upgrade(req: http.IncomingMessage, socket: net.Socket, head: Buffer): void {
+    if (!isWebSocketUpgrade(req)) {
+      reparseWithoutUpgrade(this.server, req, socket, head);
+      return;
+    }
     const record = (socket as net.Socket & { kmtls?: ConnectionRecord }).kmtls;
     const dest = this.dest();
     const endpoints = dest.endpoints;
     const ep = endpoints[this.next++ % endpoints.length];
     if (!ep || !record) {
-      socket.destroy();
+      const body = `kmtls: UPSTREAM_UNREACHABLE: ${dest.name}: no endpoint\n`;
+      socket.end(
+        `HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/plain\r\nx-kmtls-reason: UPSTREAM_UNREACHABLE\r\ncontent-length: ${Buffer.byteLength(body)}\r\nconnection: close\r\n\r\n${body}`,
+      );
       return;
     }
     const { host, port } = parseAddress(ep.address);

@@ -65,9 +65,40 @@ export interface UpgradeTarget {
 }
 
 /**
- * Carries one Upgrade request (what Node's `upgrade` event hands over: the request, the client's
- * socket, the bytes after the request head) to `target`. `refusal` names a failure to reach the next
- * hop (its reason and message come from the error); the client then gets a 503 saying why.
+ * A request that asked for an upgrade kmtls does not carry (`h2c`, anything but WebSocket) goes on as
+ * the ordinary request it also is, as Envoy's codec drops an h2c upgrade: its head is rebuilt without
+ * `Upgrade`, `Connection` and the headers `Connection` named (`HTTP2-Settings`), put back in front of
+ * the bytes that followed it (its body), and the connection is handed to `server` again.
+ */
+export function reparseWithoutUpgrade(
+  server: http.Server,
+  req: http.IncomingMessage,
+  socket: net.Socket,
+  rest: Buffer,
+): void {
+  const named = String(req.headers.connection ?? '')
+    .split(',')
+    .map((t) => t.trim().toLowerCase());
+  let text = `${req.method} ${req.url} HTTP/${req.httpVersion}\r\n`;
+  for (let i = 0; i + 1 < req.rawHeaders.length; i += 2) {
+    const name = req.rawHeaders[i]!;
+    const lower = name.toLowerCase();
+    if (lower === 'upgrade' || lower === 'connection' || lower === 'http2-settings' || named.includes(lower))
+      continue;
+    text += `${name}: ${req.rawHeaders[i + 1]}\r\n`;
+  }
+  socket.unshift(Buffer.concat([Buffer.from(`${text}\r\n`, 'latin1'), rest]));
+  server.emit('connection', socket);
+  socket.resume();
+}
+
+/**
+ * Carries one WebSocket upgrade (what Node's `upgrade` event hands over: the request, the client's
+ * socket, the bytes after the request head) to `target`. Only a `101` that switches to WebSocket
+ * opens the tunnel; any other `101` is refused (502), so nothing but WebSocket ever bypasses the HTTP
+ * layer. `refusal` names a failure to reach the next hop; the client then gets a 503 saying why.
+ * Until the tunnel opens, the client's socket is watched: if it leaves, the upstream request goes;
+ * silent for the idle timeout, both go.
  */
 export function relayUpgrade(
   runtime: ProxyRuntime,
@@ -79,24 +110,76 @@ export function relayUpgrade(
   refusal: (err: Error) => { reason: RefusalReason; message: string },
 ): void {
   const started = runtime.clock.now();
-  const websocket = isWebSocketUpgrade(req);
-  const headers: http.OutgoingHttpHeaders = { ...target.headers };
-  if (websocket) {
-    headers.connection = 'Upgrade';
-    headers.upgrade = String(req.headers.upgrade);
-  }
+  const idleMs = runtime.config().limits.idleTimeoutMs;
+  const headers: http.OutgoingHttpHeaders = {
+    ...target.headers,
+    connection: 'Upgrade',
+    upgrade: String(req.headers.upgrade),
+  };
   const up = http.request({ ...target.options, method: req.method, path: req.url, headers });
   let answered = false;
-  const report = (status: number) => reportRequest(runtime, record, http1Outcome(req, status, started));
-  client.on('error', () => up.destroy());
+  let tunnel = false;
+  let reported = false;
+  const report = (status: number) => {
+    if (reported) return;
+    reported = true;
+    reportRequest(runtime, record, http1Outcome(req, status, started));
+  };
+  const abandon = () => {
+    if (tunnel) return;
+    up.destroy();
+    client.destroy();
+  };
+  client.on('error', abandon);
+  client.on('close', abandon);
+  // Read while waiting, to see the client leave: a client that ends its side before the 101 wants
+  // nothing more. Bytes sent early are kept for the tunnel.
+  const early: Buffer[] = [];
+  const keep = (d: Buffer) => early.push(d);
+  client.on('data', keep);
+  client.on('end', abandon);
+  client.resume();
+  if (idleMs !== undefined) client.setTimeout(idleMs, abandon);
+  const fail = (status: number, reason: RefusalReason, message: string) => {
+    answered = true;
+    if (record) {
+      record.reason = reason;
+      record.message = message;
+    }
+    const body = `kmtls: ${reason}: ${message}\n`;
+    if (!client.destroyed)
+      client.end(
+        head(status, undefined, {
+          'content-type': 'text/plain',
+          'content-length': String(Buffer.byteLength(body)),
+          'x-kmtls-reason': reason,
+          connection: 'close',
+        }) + body,
+      );
+    report(status);
+  };
   up.on('upgrade', (res, upstream, upstreamHead) => {
     answered = true;
+    if (String(res.headers.upgrade ?? '').toLowerCase() !== 'websocket') {
+      upstream.destroy();
+      return fail(
+        502,
+        'UPSTREAM_UNREACHABLE',
+        `the upstream switched to "${res.headers.upgrade ?? ''}", not websocket`,
+      );
+    }
+    if (client.destroyed) return void upstream.destroy();
+    tunnel = true;
+    client.off('end', abandon);
+    client.off('data', keep);
+    client.pause();
+    const sentEarly = Buffer.concat([firstBytes, ...early]);
     const answer = endToEndHeaders(res.headers);
     answer.connection = 'Upgrade';
-    answer.upgrade = String(res.headers.upgrade ?? '');
+    answer.upgrade = 'websocket';
     client.write(head(101, res.statusMessage, answer));
     if (upstreamHead.length > 0) client.write(upstreamHead);
-    if (firstBytes.length > 0) upstream.write(firstBytes);
+    if (sentEarly.length > 0) upstream.write(sentEarly);
     report(101);
     const counted: ConnectionRecord = record ?? {
       id: 0,
@@ -107,36 +190,39 @@ export function relayUpgrade(
       bytesSent: 0,
       startMs: started,
     };
-    splice(client, upstream, counted, () => {}, runtime.config().limits.idleTimeoutMs);
+    counted.bytesReceived += sentEarly.length;
+    counted.bytesSent += upstreamHead.length;
+    splice(client, upstream, counted, () => {}, idleMs);
     client.resume();
   });
   up.on('response', (res) => {
     answered = true;
+    const status = res.statusCode ?? 502;
+    // 1xx other than a WebSocket 101 has no place here.
+    if (status < 200) {
+      res.destroy();
+      return fail(
+        502,
+        'UPSTREAM_UNREACHABLE',
+        `the upstream answered ${status} without switching to websocket`,
+      );
+    }
     // Not upgraded: the answer is relayed, delimited by the connection's close.
     const out = endToEndHeaders(res.headers, ['content-length']);
     out.connection = 'close';
-    client.write(head(res.statusCode ?? 502, res.statusMessage, out));
+    client.write(head(status, res.statusMessage, out));
     res.pipe(client);
-    res.on('end', () => report(res.statusCode ?? 502));
+    res.on('end', () => report(status));
+    // Cut short: the client must not take what came for the whole answer.
+    res.on('close', () => {
+      if (!res.complete) client.destroy();
+      report(status);
+    });
   });
   up.on('error', (err) => {
     if (answered) return void client.destroy();
-    answered = true;
     const why = refusal(err);
-    if (record) {
-      record.reason = why.reason;
-      record.message = why.message;
-    }
-    const body = `kmtls: ${why.reason}: ${why.message}\n`;
-    client.end(
-      head(503, undefined, {
-        'content-type': 'text/plain',
-        'content-length': String(Buffer.byteLength(body)),
-        'x-kmtls-reason': why.reason,
-        connection: 'close',
-      }) + body,
-    );
-    report(503);
+    fail(503, why.reason, why.message);
   });
   up.end();
 }

@@ -915,3 +915,83 @@ test(
     assert.equal(chain.server.requests[0]?.status, 200);
   },
 );
+
+/** An HTTP/1.1 application written by hand: every request head gets `answer`, then the socket stays. */
+async function startRawH1App(t: TestContext, answer: string): Promise<{ address: string; heads: string[] }> {
+  const heads: string[] = [];
+  const sockets = new Set<net.Socket>();
+  const server = net.createServer((sock) => {
+    sockets.add(sock);
+    sock.on('error', () => {});
+    let buf = '';
+    sock.on('data', (d: Buffer) => {
+      buf += d.toString('latin1');
+      const end = buf.indexOf('\r\n\r\n');
+      if (end < 0) return;
+      heads.push(buf.slice(0, end));
+      buf = buf.slice(end + 4);
+      sock.write(answer);
+    });
+  });
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  t.after(() => {
+    for (const s of sockets) s.destroy();
+    server.close();
+  });
+  return { address: `127.0.0.1:${(server.address() as AddressInfo).port}`, heads };
+}
+
+for (const [what, request] of [
+  ['a WebSocket request answered 101 switching to h2c', 'Upgrade: websocket\r\nConnection: Upgrade\r\n'],
+  ['a plain request answered 101', ''],
+] as const) {
+  test(`${what}: the client gets 502, no tunnel past the HTTP layer`, TEST, async (t) => {
+    const app = await startRawH1App(
+      t,
+      'HTTP/1.1 101 Switching Protocols\r\nUpgrade: h2c\r\nConnection: Upgrade\r\n\r\n',
+    );
+    const chain = await startChain(t, app.address, { mode: 'PERMISSIVE', appHttp2: false });
+    const sock = net.connect(chain.inboundPort, '127.0.0.1');
+    sock.on('error', () => {});
+    t.after(() => sock.destroy());
+    sock.write(`GET /ws HTTP/1.1\r\nHost: payments\r\n${request}\r\n`);
+    const answer = await readUntil(sock, /\r\n\r\n/, 'the answer');
+    assert.match(answer, /^HTTP\/1\.1 502 /);
+    assert.match(answer, /x-kmtls-reason: UPSTREAM_UNREACHABLE/i);
+    assert.equal(chain.server.requests[0]?.status, 502);
+  });
+}
+
+test('an h2c upgrade with a body goes on as the plain request, body included', TEST, async (t) => {
+  const seen: { body: string; upgrade: string | undefined }[] = [];
+  const server = http.createServer((req, res) => {
+    let body = '';
+    req.setEncoding('utf8');
+    req.on('data', (d: string) => {
+      body += d;
+    });
+    req.on('end', () => {
+      seen.push({ body, upgrade: req.headers.upgrade });
+      res.end('ok\n');
+    });
+  });
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  t.after(async () => {
+    server.closeAllConnections();
+    await new Promise<void>((resolve) => server.close(() => resolve()));
+  });
+  const chain = await startChain(t, `127.0.0.1:${(server.address() as AddressInfo).port}`, {
+    mode: 'PERMISSIVE',
+    appHttp2: false,
+  });
+  const sock = net.connect(chain.inboundPort, '127.0.0.1');
+  sock.on('error', () => {});
+  t.after(() => sock.destroy());
+  sock.write(
+    'POST /orders HTTP/1.1\r\nHost: payments\r\nContent-Length: 5\r\nUpgrade: h2c\r\n' +
+      'Connection: Upgrade, HTTP2-Settings\r\nHTTP2-Settings: AAMAAABk\r\n\r\nhello',
+  );
+  const answer = await readUntil(sock, /ok\n/, 'the answer');
+  assert.match(answer, /^HTTP\/1\.1 200 /);
+  assert.deepEqual(seen, [{ body: 'hello', upgrade: undefined }]);
+});
