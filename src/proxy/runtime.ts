@@ -81,23 +81,14 @@ export function splice(
     b.destroy();
     onClose();
   };
-  // One listener per direction, counting and writing (stream.pipe adds a second one per chunk).
-  const relay = (from: Socket, to: Socket, count: (n: number) => void) => {
-    from.on('data', (d: Buffer) => {
-      count(d.length);
-      if (!to.write(d)) from.pause();
-    });
-    to.on('drain', () => from.resume());
-    // A side that already ended (a client gone before detection finished) ends the other at once.
-    if (from.readableEnded) process.nextTick(() => to.end());
-    else from.on('end', () => to.end());
-  };
-  relay(a, b, (n) => {
-    record.bytesReceived += n;
+  a.on('data', (d: Buffer) => {
+    record.bytesReceived += d.length;
   });
-  relay(b, a, (n) => {
-    record.bytesSent += n;
+  b.on('data', (d: Buffer) => {
+    record.bytesSent += d.length;
   });
+  a.pipe(b);
+  b.pipe(a);
   a.on('error', finish);
   b.on('error', finish);
   a.on('close', finish);
