@@ -57,6 +57,9 @@ function head(status: number, message: string | undefined, headers: http.Outgoin
   return `${out}\r\n`;
 }
 
+/** What a client may send before the 101 (a WebSocket client sends nothing until it): kept, up to this. */
+const EARLY_LIMIT = 64 * 1024;
+
 export interface UpgradeTarget {
   /** The request to the next hop: host, port, agent or local address. Method, path and headers are set here. */
   readonly options: http.RequestOptions;
@@ -135,7 +138,13 @@ export function relayUpgrade(
   // Read while waiting, to see the client leave: a client that ends its side before the 101 wants
   // nothing more. Bytes sent early are kept for the tunnel.
   const early: Buffer[] = [];
-  const keep = (d: Buffer) => early.push(d);
+  let earlyBytes = 0;
+  const keep = (d: Buffer) => {
+    early.push(d);
+    earlyBytes += d.length;
+    // A client does not stream before the 101: one that does is not kept in memory without end.
+    if (earlyBytes > EARLY_LIMIT) abandon();
+  };
   client.on('data', keep);
   client.on('end', abandon);
   client.resume();
