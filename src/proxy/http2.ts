@@ -426,8 +426,8 @@ class SessionPool<U> {
   }
 }
 
-/** What an inbound HTTP/2 connection carries to the application: set by the listener per connection. */
-export interface InboundH2Context {
+/** Where an inbound HTTP connection's requests go and what they carry: set once per connection. */
+export interface InboundHttpContext {
   readonly record: ConnectionRecord;
   /** The `x-forwarded-client-cert` value for this connection's requests (mTLS only). */
   readonly xfcc: string | undefined;
@@ -446,7 +446,7 @@ export interface InboundH2Context {
  * connections to an HTTP/2 application, as HTTP/1.1 requests to any other.
  */
 export class InboundHttp2 {
-  private readonly front: Http2Front<InboundH2Context>;
+  private readonly front: Http2Front<InboundHttpContext>;
   private readonly pools = new Map<string, SessionPool<undefined>>();
 
   constructor(
@@ -458,7 +458,7 @@ export class InboundHttp2 {
     this.front = new Http2Front(runtime, (stream, headers, ctx) => this.forward(stream, headers, ctx));
   }
 
-  serve(socket: net.Socket, ctx: InboundH2Context): void {
+  serve(socket: net.Socket, ctx: InboundHttpContext): void {
     this.front.serve(socket, ctx);
   }
 
@@ -500,7 +500,7 @@ export class InboundHttp2 {
   private forward(
     stream: http2.ServerHttp2Stream,
     headers: http2.IncomingHttpHeaders,
-    ctx: InboundH2Context | undefined,
+    ctx: InboundHttpContext | undefined,
   ): void {
     if (!ctx) {
       guarded(() => stream.close(NGHTTP2_REFUSED_STREAM));
@@ -612,7 +612,7 @@ export class InboundHttp2 {
     stream: http2.ServerHttp2Stream,
     headers: http2.IncomingHttpHeaders,
     out: http2.OutgoingHttpHeaders,
-    ctx: InboundH2Context,
+    ctx: InboundHttpContext,
     report: (done: { status: number }) => void,
   ): void {
     const { host, port } = parseAddress(ctx.forward);

@@ -10,6 +10,7 @@ import type { ProxyIdentity } from './certs.js';
 import { peerChain } from './certs.js';
 import { detectTransport, MAX_CLIENT_HELLO_BYTES } from './detect.js';
 import type { ConnectionRecord, RefusalReason } from './events.js';
+import type { InboundHttpContext } from './http2.js';
 import { InboundHttp2, sniffHttpVersion } from './http2.js';
 import type { LiveConnection, ProxyRuntime } from './runtime.js';
 import { http1Outcome, listenOn, parseAddress, reportRequest, splice } from './runtime.js';
@@ -83,16 +84,6 @@ class ChainMemory {
     this.byLeaf.set(key, chain);
     if (this.byLeaf.size > this.max) this.byLeaf.delete(this.byLeaf.keys().next().value as string);
   }
-}
-
-/** What the HTTP/1.1 layer needs of one connection to forward its requests. */
-interface Http1Context {
-  readonly record: ConnectionRecord;
-  readonly mtls?: { identity: ProxyIdentity; peerCertificate: Buffer } | undefined;
-  readonly forward: string;
-  readonly localAddress?: string | undefined;
-  /** The application speaks HTTP/2 (the port's `http2`): requests reach it as HTTP/2. */
-  readonly appHttp2: boolean;
 }
 
 export class InboundListener {
@@ -423,27 +414,19 @@ export class InboundListener {
       // is no HTTP) will send none: end our side too, or the half-open socket would stay forever.
       if (endedWith) return void stream.end();
       // HTTP/1.1 or HTTP/2 (gRPC, h2c): the first bytes say which, as Envoy's automatic codec reads them.
+      // The XFCC value is the connection's: computed once, not per request.
+      const ctx: InboundHttpContext = {
+        record,
+        xfcc: mtls ? xfccValue(mtls, record) : undefined,
+        forward: port.forward,
+        localAddress,
+        appHttp2: port.http2 === true,
+      };
       sniffHttpVersion(stream, this.runtime.config().limits.idleTimeoutMs, (version) => {
         if (version === 'ended') return void stream.end();
         if (version === 'idle') return void stream.destroy();
-        if (version === 'h2') {
-          this.http2.serve(stream, {
-            record,
-            xfcc: mtls ? xfccValue(mtls, record) : undefined,
-            forward: port.forward,
-            localAddress,
-            appHttp2: port.http2 === true,
-          });
-          return;
-        }
-        const ctx: Http1Context = {
-          record,
-          mtls,
-          forward: port.forward,
-          localAddress,
-          appHttp2: port.http2 === true,
-        };
-        (stream as net.Socket & { kmtls?: Http1Context }).kmtls = ctx;
+        if (version === 'h2') return this.http2.serve(stream, ctx);
+        (stream as net.Socket & { kmtls?: InboundHttpContext }).kmtls = ctx;
         this.http.emit('connection', stream);
         stream.resume();
       });
@@ -478,15 +461,14 @@ export class InboundListener {
   }
 
   /** What the HTTP/1.1 layer knows of a connection: set on the socket when it is handed over. */
-  private contextOf(socket: net.Socket): Http1Context | undefined {
-    return (socket as net.Socket & { kmtls?: Http1Context }).kmtls;
+  private contextOf(socket: net.Socket): InboundHttpContext | undefined {
+    return (socket as net.Socket & { kmtls?: InboundHttpContext }).kmtls;
   }
 
   /** A request's headers for the application: hop-by-hop ones and the client's XFCC removed, kmtls's set. */
-  private appHeaders(req: IncomingMessage, ctx: Http1Context | undefined): http.OutgoingHttpHeaders {
+  private appHeaders(req: IncomingMessage, ctx: InboundHttpContext | undefined): http.OutgoingHttpHeaders {
     const headers = endToEndHeaders(req.headers, [XFCC]);
-    const xfcc = ctx?.mtls ? xfccValue(ctx.mtls, ctx.record) : undefined;
-    if (xfcc) headers[XFCC] = xfcc;
+    if (ctx?.xfcc) headers[XFCC] = ctx.xfcc;
     return headers;
   }
 
