@@ -6,8 +6,8 @@ import type { OutboundConfig, OutboundEndpointConfig } from '../mesh/index.js';
 import type { ConnectionRecord, RefusalReason } from './events.js';
 import type { EndpointConnector } from './outbound-http.js';
 import type { ProxyRuntime } from './runtime.js';
-import { parseAddress, poolKey, reportRequest } from './runtime.js';
-import { endToEndHeaders } from './upgrade.js';
+import { parseAddress, poolKey, refuseHttp1, reportRequest } from './runtime.js';
+import { endToEndHeaders, HOP_BY_HOP } from './upgrade.js';
 
 /**
  * HTTP/2 on HTTP ports (gRPC, h2c), beside the HTTP/1.1 layer: a connection that opens with the
@@ -76,11 +76,8 @@ const { NGHTTP2_CANCEL, NGHTTP2_INTERNAL_ERROR, NGHTTP2_REFUSED_STREAM } = http2
  * proxy, and Node refuses to send them in HTTP/2 (a throw, were one passed through).
  */
 const CONNECTION_HEADERS = [
-  'connection',
-  'keep-alive',
-  'proxy-connection',
-  'transfer-encoding',
-  'upgrade',
+  // `te: trailers` and `trailer` are valid in HTTP/2; the rest of HTTP/1.1's list is not.
+  ...HOP_BY_HOP.filter((h) => h !== 'te' && h !== 'trailer'),
   'http2-settings',
   'host',
 ];
@@ -546,12 +543,12 @@ export class InboundHttp2 {
     to: { forward: string; localAddress: string | undefined; done: (status: number) => void },
   ): void {
     const fail = (message: string) => {
-      if (!res.headersSent) {
-        res.writeHead(503, { 'content-type': 'text/plain', 'x-kmtls-reason': 'UPSTREAM_UNREACHABLE' });
-        res.end(`kmtls: the application at ${to.forward} is unreachable: ${message}\n`);
-      } else {
-        res.destroy();
-      }
+      refuseHttp1(
+        res,
+        503,
+        'UPSTREAM_UNREACHABLE',
+        `the application at ${to.forward} is unreachable: ${message}`,
+      );
       to.done(503);
     };
     const h2: http2.OutgoingHttpHeaders = {

@@ -13,7 +13,7 @@ import type { ConnectionRecord, RefusalReason } from './events.js';
 import type { InboundHttpContext } from './http2.js';
 import { InboundHttp2, sniffHttpVersion } from './http2.js';
 import type { LiveConnection, ProxyRuntime } from './runtime.js';
-import { http1Outcome, listenOn, parseAddress, reportRequest, splice } from './runtime.js';
+import { http1Outcome, listenOn, parseAddress, refuseHttp1, reportRequest, splice } from './runtime.js';
 import { endToEndHeaders, isWebSocketUpgrade, relayUpgrade, reparseWithoutUpgrade } from './upgrade.js';
 
 const XFCC = 'x-forwarded-client-cert';
@@ -545,12 +545,7 @@ export class InboundListener {
     const unanswered = (status: number, message: string) => {
       if (done) return;
       done = true;
-      if (!res.headersSent) {
-        res.writeHead(status, { 'content-type': 'text/plain', 'x-kmtls-reason': 'UPSTREAM_UNREACHABLE' });
-        res.end(`kmtls: the application at ${forward}: ${message}\n`);
-      } else {
-        res.destroy();
-      }
+      refuseHttp1(res, status, 'UPSTREAM_UNREACHABLE', `the application at ${forward}: ${message}`);
       reportRequest(this.runtime, ctx?.record, http1Outcome(req, status, started));
     };
     // A 101 to a request that asked for no upgrade: nothing can be carried on.

@@ -4,8 +4,14 @@ import type { OutboundConfig, OutboundEndpointConfig } from '../mesh/index.js';
 import type { ConnectionRecord, RefusalReason } from './events.js';
 import { OutboundHttp2, sniffHttpVersion } from './http2.js';
 import type { ProxyRuntime } from './runtime.js';
-import { http1Outcome, parseAddress, poolKey, reportRequest } from './runtime.js';
-import { endToEndHeaders, isWebSocketUpgrade, relayUpgrade, reparseWithoutUpgrade } from './upgrade.js';
+import { http1Outcome, parseAddress, poolKey, refuseHttp1, reportRequest } from './runtime.js';
+import {
+  endToEndHeaders,
+  isWebSocketUpgrade,
+  refuseRaw,
+  relayUpgrade,
+  reparseWithoutUpgrade,
+} from './upgrade.js';
 
 /** Opens one upstream connection to an endpoint: TLS, verification and secure naming included. */
 export type EndpointConnector = (
@@ -174,12 +180,7 @@ export class HttpOutbound {
           record.reason = reason;
           record.message = message;
         }
-        if (!res.headersSent) {
-          res.writeHead(status, { 'content-type': 'text/plain', 'x-kmtls-reason': reason });
-          res.end(`kmtls: ${dest.name}: ${reason}: ${message}\n`);
-        } else {
-          res.destroy();
-        }
+        refuseHttp1(res, status, reason, `${dest.name}: ${reason}: ${message}`);
         reportRequest(this.runtime, record, http1Outcome(req, status, started));
       };
       // A 101 to a request that asked for no upgrade: nothing can be carried on.
@@ -213,10 +214,7 @@ export class HttpOutbound {
     const endpoints = dest.endpoints;
     const ep = endpoints[this.next++ % endpoints.length];
     if (!ep || !record) {
-      const body = `kmtls: UPSTREAM_UNREACHABLE: ${dest.name}: no endpoint\n`;
-      socket.end(
-        `HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/plain\r\nx-kmtls-reason: UPSTREAM_UNREACHABLE\r\ncontent-length: ${Buffer.byteLength(body)}\r\nconnection: close\r\n\r\n${body}`,
-      );
+      refuseRaw(socket, 503, 'UPSTREAM_UNREACHABLE', `${dest.name}: no endpoint`);
       return;
     }
     const { host, port } = parseAddress(ep.address);

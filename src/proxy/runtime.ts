@@ -1,4 +1,4 @@
-import type { IncomingMessage } from 'node:http';
+import type { IncomingMessage, ServerResponse } from 'node:http';
 import net, { type Socket } from 'node:net';
 import type { OutboundEndpointConfig, ProxyConfig } from '../mesh/index.js';
 import type { Clock } from '../pki/index.js';
@@ -93,6 +93,19 @@ export function splice(
   b.on('error', finish);
   a.on('close', finish);
   b.on('close', finish);
+}
+
+/**
+ * Answers an HTTP/1.1 request kmtls could not carry: `status` with `x-kmtls-reason` and a one-line
+ * body (`kmtls: <text>`) saying why, instead of an opaque reset. A response already started is cut.
+ */
+export function refuseHttp1(res: ServerResponse, status: number, reason: RefusalReason, text: string): void {
+  if (res.headersSent) {
+    res.destroy();
+    return;
+  }
+  res.writeHead(status, { 'content-type': 'text/plain', 'x-kmtls-reason': reason });
+  res.end(`kmtls: ${text}\n`);
 }
 
 /** One finished HTTP request, as the HTTP/1.1 and HTTP/2 layers both describe it. */

@@ -57,6 +57,23 @@ function head(status: number, message: string | undefined, headers: http.Outgoin
   return `${out}\r\n`;
 }
 
+/**
+ * Answers, on a socket the HTTP layer has let go of, a request kmtls could not carry: `status` with
+ * `x-kmtls-reason` and a one-line body saying why, then closes the connection.
+ */
+export function refuseRaw(client: net.Socket, status: number, reason: RefusalReason, message: string): void {
+  if (client.destroyed) return;
+  const body = `kmtls: ${reason}: ${message}\n`;
+  client.end(
+    head(status, undefined, {
+      'content-type': 'text/plain',
+      'content-length': String(Buffer.byteLength(body)),
+      'x-kmtls-reason': reason,
+      connection: 'close',
+    }) + body,
+  );
+}
+
 /** What a client may send before the 101 (a WebSocket client sends nothing until it): kept, up to this. */
 const EARLY_LIMIT = 64 * 1024;
 
@@ -155,16 +172,7 @@ export function relayUpgrade(
       record.reason = reason;
       record.message = message;
     }
-    const body = `kmtls: ${reason}: ${message}\n`;
-    if (!client.destroyed)
-      client.end(
-        head(status, undefined, {
-          'content-type': 'text/plain',
-          'content-length': String(Buffer.byteLength(body)),
-          'x-kmtls-reason': reason,
-          connection: 'close',
-        }) + body,
-      );
+    refuseRaw(client, status, reason, message);
     report(status);
   };
   up.on('upgrade', (res, upstream, upstreamHead) => {
