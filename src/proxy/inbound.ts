@@ -13,7 +13,15 @@ import type { ConnectionRecord, RefusalReason } from './events.js';
 import type { InboundHttpContext } from './http2.js';
 import { InboundHttp2, sniffHttpVersion } from './http2.js';
 import type { LiveConnection, ProxyRuntime } from './runtime.js';
-import { http1Outcome, listenOn, parseAddress, refuseHttp1, reportRequest, splice } from './runtime.js';
+import {
+  closeRecord,
+  http1Outcome,
+  listenOn,
+  parseAddress,
+  refuseHttp1,
+  reportRequest,
+  splice,
+} from './runtime.js';
 import { endToEndHeaders, isWebSocketUpgrade, relayUpgrade, reparseWithoutUpgrade } from './upgrade.js';
 
 const XFCC = 'x-forwarded-client-cert';
@@ -191,13 +199,9 @@ export class InboundListener {
     const finish = (outcome: 'accepted' | 'refused', reason?: RefusalReason, message?: string) => {
       if (ended) return;
       ended = true;
-      if (outcome === 'refused' || record.outcome === undefined) record.outcome = outcome;
-      if (reason) record.reason = reason;
-      if (message) record.message = message;
-      record.durationMs = rt.clock.now() - record.startMs;
       socket.destroy();
       untrack();
-      rt.observer.connectionClosed(record);
+      closeRecord(rt, record, outcome, reason, message);
     };
     socket.on('error', () => finish(record.outcome ?? 'refused', record.reason, record.message));
     if (rt.connectionCount() >= limits.maxConnections) {

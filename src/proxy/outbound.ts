@@ -10,7 +10,7 @@ import type { ConnectionRecord, RefusalReason } from './events.js';
 import { handshakeReason } from './inbound.js';
 import { HttpOutbound } from './outbound-http.js';
 import type { LiveConnection, ProxyRuntime } from './runtime.js';
-import { listenOn, parseAddress, poolKey, splice } from './runtime.js';
+import { closeRecord, listenOn, parseAddress, poolKey, splice } from './runtime.js';
 
 type Attempt =
   | { ok: true; socket: net.Socket }
@@ -122,13 +122,9 @@ export class OutboundListener {
     const finish = (outcome: 'accepted' | 'refused', reason?: RefusalReason, message?: string) => {
       if (ended) return;
       ended = true;
-      if (record.outcome === undefined || outcome === 'refused') record.outcome = outcome;
-      if (reason) record.reason = reason;
-      if (message) record.message = message;
-      record.durationMs = rt.clock.now() - record.startMs;
       client.destroy();
       untrack();
-      rt.observer.connectionClosed(record);
+      closeRecord(rt, record, outcome, reason, message);
     };
     const live: LiveConnection = { record, close: (reason, message) => finish('refused', reason, message) };
     if (rt.connectionCount() >= rt.config().limits.maxConnections) {

@@ -30,6 +30,24 @@ export function poolKey(ep: OutboundEndpointConfig): string {
   return `${ep.tls}|${ep.address}`;
 }
 
+/**
+ * Ends a connection's record and reports it closed: the outcome (a refusal overrides an earlier
+ * acceptance, as a drain does), the reason and message when given, and the duration.
+ */
+export function closeRecord(
+  rt: ProxyRuntime,
+  record: ConnectionRecord,
+  outcome: 'accepted' | 'refused',
+  reason?: RefusalReason,
+  message?: string,
+): void {
+  if (outcome === 'refused' || record.outcome === undefined) record.outcome = outcome;
+  if (reason) record.reason = reason;
+  if (message) record.message = message;
+  record.durationMs = rt.clock.now() - record.startMs;
+  rt.observer.connectionClosed(record);
+}
+
 /** `host:port` (IPv6 in brackets) split for net.connect / listen. */
 export function parseAddress(addr: string): { host: string; port: number } {
   const i = addr.lastIndexOf(':');

@@ -5,7 +5,7 @@ import type { InboundListener } from './inbound.js';
 import type { OriginalDestination, OriginalDstLookup } from './original-dst.js';
 import type { OutboundListener } from './outbound.js';
 import type { ProxyRuntime } from './runtime.js';
-import { listenOn, splice } from './runtime.js';
+import { closeRecord, listenOn, splice } from './runtime.js';
 
 /** `IP:PORT` as outbound `match` entries write it (IPv6 in brackets). */
 export function destinationKey(d: OriginalDestination): string {
@@ -283,14 +283,10 @@ export class TransparentOutbound {
     const finish = (outcome: 'accepted' | 'refused', reason?: RefusalReason, message?: string) => {
       if (ended) return;
       ended = true;
-      if (record.outcome === undefined || outcome === 'refused') record.outcome = outcome;
-      if (reason) record.reason = reason;
-      if (message) record.message = message;
-      record.durationMs = rt.clock.now() - record.startMs;
       client.destroy();
       this.live.delete(client);
       untrack();
-      rt.observer.connectionClosed(record);
+      closeRecord(rt, record, outcome, reason, message);
     };
     let untrack = () => {};
     if (rt.connectionCount() >= rt.config().limits.maxConnections) {
