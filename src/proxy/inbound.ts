@@ -485,11 +485,16 @@ export class InboundListener {
       reparseWithoutUpgrade(this.http, req, socket, head);
       return;
     }
-    const forward = ctx?.forward ?? this.port.forward;
+    // Every connection the HTTP layer serves was handed over with its context; one without is dropped.
+    if (!ctx) {
+      socket.destroy();
+      return;
+    }
+    const forward = ctx.forward;
     const { host, port } = parseAddress(forward);
     relayUpgrade(
       this.runtime,
-      ctx?.record,
+      ctx.record,
       req,
       socket,
       head,
@@ -498,7 +503,7 @@ export class InboundListener {
           host,
           port,
           agent: false,
-          ...(ctx?.localAddress ? { localAddress: ctx.localAddress } : {}),
+          ...(ctx.localAddress ? { localAddress: ctx.localAddress } : {}),
         },
         headers: this.appHeaders(req, ctx),
       },

@@ -122,7 +122,7 @@ export function reparseWithoutUpgrade(
  */
 export function relayUpgrade(
   runtime: ProxyRuntime,
-  record: ConnectionRecord | undefined,
+  record: ConnectionRecord,
   req: http.IncomingMessage,
   client: net.Socket,
   firstBytes: Buffer,
@@ -168,10 +168,8 @@ export function relayUpgrade(
   if (idleMs !== undefined) client.setTimeout(idleMs, abandon);
   const fail = (status: number, reason: RefusalReason, message: string) => {
     answered = true;
-    if (record) {
-      record.reason = reason;
-      record.message = message;
-    }
+    record.reason = reason;
+    record.message = message;
     refuseRaw(client, status, reason, message);
     report(status);
   };
@@ -198,18 +196,9 @@ export function relayUpgrade(
     if (upstreamHead.length > 0) client.write(upstreamHead);
     if (sentEarly.length > 0) upstream.write(sentEarly);
     report(101);
-    const counted: ConnectionRecord = record ?? {
-      id: 0,
-      direction: 'inbound',
-      port: 0,
-      sourceAddress: '',
-      bytesReceived: 0,
-      bytesSent: 0,
-      startMs: started,
-    };
-    counted.bytesReceived += sentEarly.length;
-    counted.bytesSent += upstreamHead.length;
-    splice(client, upstream, counted, () => {}, idleMs);
+    record.bytesReceived += sentEarly.length;
+    record.bytesSent += upstreamHead.length;
+    splice(client, upstream, record, () => {}, idleMs);
     client.resume();
   });
   up.on('response', (res) => {
