@@ -43,10 +43,31 @@ function parsedRoots(roots: readonly Buffer[]): X509Certificate[] {
 }
 
 /**
+ * What a chain's bytes decide against one bundle at any time: a refusal (signatures, CA flags, path
+ * lengths), or the facts the time and identity checks need. Computing it parses every certificate
+ * and checks a signature, the dearest part of a connection after the handshake itself.
+ */
+type ChainFacts =
+  | { readonly refusal: ChainVerdict }
+  | {
+      /** [notBefore, notAfter] in ms of each certificate, leaf first, the anchoring root last. */
+      readonly validity: readonly (readonly [number, number])[];
+      /** Every SPIFFE ID in the leaf's URI SANs, trusted or not. */
+      readonly identities: readonly SpiffeId[];
+    };
+
+/** Facts per bundle and chain: the same client or server comes back on every connection. */
+const factsCache = new WeakMap<readonly Buffer[], Map<string, ChainFacts>>();
+const FACTS_PER_BUNDLE = 512;
+
+/**
  * Verifies a peer's chain (leaf first) against trusted roots at `nowMs`, then its SPIFFE identity
  * against the trusted trust domains: what a STRICT port and the CA's renewal path both require.
  * Each certificate must be signed by the next (or by a root), within its validity, and CAs above
  * the leaf must be CAs. A refusal names the first rule that failed.
+ *
+ * What does not depend on the time is remembered per bundle (`roots`, by identity) and exact chain
+ * bytes, so a peer seen before costs a map lookup, not a parse and a signature check.
  */
 export function verifyPeerChain(
   chain: readonly Buffer[],
@@ -55,11 +76,48 @@ export function verifyPeerChain(
   trustDomains: readonly string[],
 ): ChainVerdict {
   if (chain.length === 0) return refuse('NO_CLIENT_CERT', 'the peer presented no certificate');
+  let byChain = factsCache.get(roots);
+  if (!byChain) {
+    byChain = new Map();
+    factsCache.set(roots, byChain);
+  }
+  // latin1 maps each byte to one character, and U+0100 is none of them: the key is the bytes.
+  const key = chain.map((c) => c.toString('latin1')).join('\u0100');
+  let facts = byChain.get(key);
+  if (facts) {
+    byChain.delete(key);
+  } else {
+    facts = chainFacts(chain, roots);
+    if (byChain.size >= FACTS_PER_BUNDLE) byChain.delete(byChain.keys().next().value as string);
+  }
+  byChain.set(key, facts);
+  if ('refusal' in facts) return facts.refusal;
+  for (const [from, to] of facts.validity) {
+    if (nowMs < from) {
+      return refuse(
+        'NOT_YET_VALID',
+        `certificate not valid until ${new Date(from).toISOString()} (skew ${Math.round((from - nowMs) / 1000)}s)`,
+      );
+    }
+    if (nowMs > to) return refuse('CERT_EXPIRED', `certificate expired at ${new Date(to).toISOString()}`);
+  }
+  if (facts.identities.length === 0) return refuse('NO_SPIFFE_ID', 'the certificate carries no SPIFFE ID');
+  const trusted = facts.identities.filter((id) => trustDomains.includes(id.trustDomain));
+  if (trusted.length === 0) {
+    return refuse(
+      'UNTRUSTED_TRUST_DOMAIN',
+      `peer identity ${facts.identities.map((i) => i.uri).join(', ')} is not in a trusted trust domain (${trustDomains.join(', ')})`,
+    );
+  }
+  return { ok: true, identities: trusted, notAfter: new Date(facts.validity[0]![1]) };
+}
+
+function chainFacts(chain: readonly Buffer[], roots: readonly Buffer[]): ChainFacts {
   let certs: X509Certificate[];
   try {
     certs = chain.map((c) => new X509Certificate(c));
   } catch (err) {
-    return refuse('BAD_CERTIFICATE', `unreadable certificate: ${(err as Error).message}`);
+    return { refusal: refuse('BAD_CERTIFICATE', `unreadable certificate: ${(err as Error).message}`) };
   }
   const anchors = parsedRoots(roots);
   // Walk up: each certificate must be issued by the next one presented, or by a trusted root.
@@ -77,13 +135,17 @@ export function verifyPeerChain(
     if (!next || !cert.checkIssued(next) || !cert.verify(next.publicKey) || !next.ca) {
       // An empty issuer name (a leaf used as a CA) leaves `issuer` undefined.
       const issuer = (cert.issuer ?? '').replace(/\n/g, ', ') || '(empty)';
-      return refuse(
-        'UNKNOWN_CA',
-        `the certificate chain does not lead to a trusted root (issuer: ${issuer})`,
-      );
+      return {
+        refusal: refuse(
+          'UNKNOWN_CA',
+          `the certificate chain does not lead to a trusted root (issuer: ${issuer})`,
+        ),
+      };
     }
   }
-  if (!anchored) return refuse('UNKNOWN_CA', 'the certificate chain does not lead to a trusted root');
+  if (!anchored) {
+    return { refusal: refuse('UNKNOWN_CA', 'the certificate chain does not lead to a trusted root') };
+  }
   // RFC 5280 6.1.4: every issuer must be a CA allowed to sign certificates, and a pathLenConstraint
   // bounds how many intermediates may follow it toward the leaf.
   for (let i = 1; i < certs.length; i++) {
@@ -91,35 +153,27 @@ export function verifyPeerChain(
     try {
       fields = readCertificate(Buffer.from(certs[i]!.raw));
     } catch (err) {
-      return refuse('BAD_CERTIFICATE', `unreadable certificate: ${(err as Error).message}`);
+      return { refusal: refuse('BAD_CERTIFICATE', `unreadable certificate: ${(err as Error).message}`) };
     }
     if (!fields.isCa || (fields.keyUsage !== undefined && !fields.keyUsage.includes('keyCertSign'))) {
-      return refuse(
-        'UNKNOWN_CA',
-        `an issuer in the chain is not a CA allowed to sign certificates (${fields.subject || '(empty)'})`,
-      );
+      return {
+        refusal: refuse(
+          'UNKNOWN_CA',
+          `an issuer in the chain is not a CA allowed to sign certificates (${fields.subject || '(empty)'})`,
+        ),
+      };
     }
     const below = i - 1;
     if (fields.pathLength !== undefined && below > fields.pathLength) {
-      return refuse(
-        'UNKNOWN_CA',
-        `the chain is longer than ${fields.subject} allows (pathLen ${fields.pathLength}, ${below} intermediate${below === 1 ? '' : 's'} below it)`,
-      );
+      return {
+        refusal: refuse(
+          'UNKNOWN_CA',
+          `the chain is longer than ${fields.subject} allows (pathLen ${fields.pathLength}, ${below} intermediate${below === 1 ? '' : 's'} below it)`,
+        ),
+      };
     }
   }
-  for (const cert of certs) {
-    const from = Date.parse(cert.validFrom);
-    const to = Date.parse(cert.validTo);
-    if (nowMs < from) {
-      return refuse(
-        'NOT_YET_VALID',
-        `certificate not valid until ${new Date(from).toISOString()} (skew ${Math.round((from - nowMs) / 1000)}s)`,
-      );
-    }
-    if (nowMs > to) return refuse('CERT_EXPIRED', `certificate expired at ${new Date(to).toISOString()}`);
-  }
-  const leaf = certs[0]!;
-  const uris = (leaf.subjectAltName ?? '')
+  const uris = (certs[0]!.subjectAltName ?? '')
     .split(', ')
     .filter((s) => s.startsWith('URI:'))
     .map((s) => s.slice(4));
@@ -128,13 +182,8 @@ export function verifyPeerChain(
     const parsed = parseSpiffeId(uri);
     if (parsed.ok) identities.push(parsed.id);
   }
-  if (identities.length === 0) return refuse('NO_SPIFFE_ID', 'the certificate carries no SPIFFE ID');
-  const trusted = identities.filter((id) => trustDomains.includes(id.trustDomain));
-  if (trusted.length === 0) {
-    return refuse(
-      'UNTRUSTED_TRUST_DOMAIN',
-      `peer identity ${identities.map((i) => i.uri).join(', ')} is not in a trusted trust domain (${trustDomains.join(', ')})`,
-    );
-  }
-  return { ok: true, identities: trusted, notAfter: new Date(Date.parse(leaf.validTo)) };
+  return {
+    validity: certs.map((c) => [Date.parse(c.validFrom), Date.parse(c.validTo)] as const),
+    identities,
+  };
 }

@@ -268,13 +268,12 @@ const CASES: readonly Case[] = [
 
 for (const c of CASES) {
   test(`verifyPeerChain: ${c.name} → ${c.expect}`, () => {
-    const verdict = verifyPeerChain(
-      c.chain,
-      c.roots ?? [ROOT.certificate],
-      c.nowMs ?? T0,
-      c.trustDomains ?? TRUST_DOMAINS,
-    );
+    const roots = c.roots ?? [ROOT.certificate];
+    const verify = () => verifyPeerChain(c.chain, roots, c.nowMs ?? T0, c.trustDomains ?? TRUST_DOMAINS);
+    const verdict = verify();
     const said = JSON.stringify(verdict);
+    // The second time, the same bundle and bytes come from what the first remembered.
+    assert.deepEqual(verify(), verdict);
     if (c.expect === 'ok') {
       assert.ok(verdict.ok, said);
       assert.deepEqual(
@@ -310,4 +309,61 @@ test('a root rotation: a leaf of the new root is refused until the new root is i
   assert.ok(during.ok, JSON.stringify(during));
   const old = verifyPeerChain([LEAF], [ROOT.certificate, newRoot.certificate], T0, TRUST_DOMAINS);
   assert.ok(old.ok, `a leaf of the old root is still accepted during the rotation: ${JSON.stringify(old)}`);
+});
+
+test('a remembered chain is still checked against the clock at every call', () => {
+  const roots = [ROOT.certificate];
+  const at = (nowMs: number, chain: readonly Buffer[] = [LEAF]) => {
+    const v = verifyPeerChain(chain, roots, nowMs, TRUST_DOMAINS);
+    return v.ok ? 'ok' : v.reason;
+  };
+  assert.equal(at(T0), 'ok');
+  assert.equal(at(LEAF_NOT_AFTER + 1), 'CERT_EXPIRED');
+  assert.equal(at(LEAF_NOT_BEFORE - 1), 'NOT_YET_VALID');
+  assert.equal(at(T0), 'ok');
+  // An intermediate that runs out before its leaf ends the chain with it.
+  const short = [leafOf(SHORT_INTERMEDIATE), SHORT_INTERMEDIATE.certificate];
+  assert.equal(at(T0, short), 'ok');
+  assert.equal(at(T0 + 2 * HOUR_MS, short), 'CERT_EXPIRED');
+});
+
+test('a remembered chain is checked against the trust domains of each call', () => {
+  const roots = [ROOT.certificate];
+  const v1 = verifyPeerChain([LEAF], roots, T0, ['other.example']);
+  assert.equal(v1.ok ? 'ok' : v1.reason, 'UNTRUSTED_TRUST_DOMAIN');
+  const v2 = verifyPeerChain([LEAF], roots, T0, TRUST_DOMAINS);
+  assert.ok(v2.ok, JSON.stringify(v2));
+});
+
+test('what a chain proved under one bundle is not carried to another', () => {
+  const newRoot = createRoot({ trustDomain: 'cluster.local', now: T0, random: randomBytes });
+  const leaf = issue(caOf('cluster.local', newRoot), PAYMENTS);
+  const oldBundle = [ROOT.certificate];
+  const newBundle = [ROOT.certificate, newRoot.certificate];
+  const reason = (roots: readonly Buffer[]) => {
+    const v = verifyPeerChain([leaf], roots, T0, TRUST_DOMAINS);
+    return v.ok ? 'ok' : v.reason;
+  };
+  assert.equal(reason(oldBundle), 'UNKNOWN_CA');
+  assert.equal(reason(newBundle), 'ok');
+  assert.equal(reason(oldBundle), 'UNKNOWN_CA');
+  // The leaf alone is not the key: the same leaf with a stray certificate after it is its own chain.
+  const withStray = verifyPeerChain(
+    [LEAF, NOT_A_CA.certificate],
+    [FOREIGN_ROOT.certificate],
+    T0,
+    TRUST_DOMAINS,
+  );
+  assert.equal(withStray.ok ? 'ok' : withStray.reason, 'UNKNOWN_CA');
+});
+
+test('more distinct chains than are remembered: each verdict is still exact', () => {
+  const roots = [ROOT.certificate];
+  const leaves = Array.from({ length: 600 }, () => issue(MESH_CA, PAYMENTS));
+  for (const leaf of [...leaves, ...leaves]) {
+    const v = verifyPeerChain([leaf], roots, T0, TRUST_DOMAINS);
+    assert.ok(v.ok, JSON.stringify(v));
+  }
+  const late = verifyPeerChain([leaves[0]!], roots, LEAF_NOT_AFTER + 1, TRUST_DOMAINS);
+  assert.equal(late.ok ? 'ok' : late.reason, 'CERT_EXPIRED');
 });
