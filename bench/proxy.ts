@@ -25,6 +25,7 @@ import {
   startHaproxyChain,
   startKmtlsChain,
   startNginxChain,
+  startNodeRelayChain,
 } from './proxy/chains.js';
 import type { ChainCerts } from './proxy/configs.js';
 import { nginxClientConf } from './proxy/configs.js';
@@ -65,12 +66,20 @@ export interface ProxyPlan {
   readonly newConnections: WrkPlan & { readonly rounds: number; readonly warmupSeconds: number };
   /** Also run a kmtls chain with `--log-level info` (an access-log line per connection). */
   readonly withInfoLog: boolean;
+  /**
+   * How long the chains sit without traffic before idle memory is read. V8 gives back the memory it
+   * grew during start-up only after some seconds without work (its memory reducer), so a reading
+   * right after start is not what an idle sidecar holds; both are reported.
+   */
+  readonly idleSeconds: number;
 }
 
 /** One sidecar's CPU and memory, over all runs of a chain. */
 export interface SidecarFigures {
   readonly role: SidecarRole;
-  /** After start and a few requests through the chain, before any load. */
+  /** One second after start and a few requests through the chain. */
+  readonly startRssBytes: number;
+  /** After `idleSeconds` more without traffic, before any load: what an idle sidecar holds. */
   readonly idleRssBytes: number;
   /** The largest RSS read at the end of a load run. */
   readonly loadedRssBytes: number;
@@ -172,6 +181,7 @@ async function probe(port: number): Promise<void> {
 /** Per-chain accumulators, filled run by run. */
 interface Tally {
   readonly chain: Chain;
+  readonly startRss: number[];
   readonly idleRss: number[];
   loadedRss: number[];
   readonly throughput: WrkResult[];
@@ -400,6 +410,7 @@ export async function runProxyBench(
   const add = (chain: Chain) =>
     tallies.push({
       chain,
+      startRss: [],
       idleRss: [],
       loadedRss: [],
       throughput: [],
@@ -432,6 +443,7 @@ export async function runProxyBench(
       if (!asBuilt.ok) log(`  kmtls as built: ${asBuilt.failure}; ${asBuilt.refusals.join('; ')}`);
       return chain;
     });
+    await attempt('node-relay', () => startNodeRelayChain(dir, certs, backend));
     if (plan.withInfoLog)
       await attempt(
         'kmtls-info',
@@ -461,15 +473,21 @@ export async function runProxyBench(
     if (nginx && nginxChain?.serverPort !== undefined)
       nginxVerifyOn = await probeNginxVerifyOn(nginx, dir, certs, nginxChain.serverPort);
 
-    // Idle: after start and a few requests through the chain, once things have settled.
-    await new Promise((resolve) => setTimeout(resolve, 1_000));
-    for (const t of tallies) {
-      try {
-        t.idleRss.push(...rssNow(t.chain));
-      } catch (err) {
-        t.failure = `idle memory: ${(err as Error).message}`;
+    // Memory a second after start (and a few requests through each chain), then once idle.
+    const readRss = (into: (t: Tally) => number[], what: string) => {
+      for (const t of tallies) {
+        try {
+          into(t).push(...rssNow(t.chain));
+        } catch (err) {
+          t.failure ??= `${what}: ${(err as Error).message}`;
+        }
       }
-    }
+    };
+    await new Promise((resolve) => setTimeout(resolve, 1_000));
+    readRss((t) => t.startRss, 'memory after start');
+    log(`  memory: ${plan.idleSeconds} s without traffic`);
+    await new Promise((resolve) => setTimeout(resolve, plan.idleSeconds * 1_000));
+    readRss((t) => t.idleRss, 'idle memory');
 
     const isVariant = (t: Tally) => t.chain.id === 'nginx-full' || t.chain.id === 'haproxy-full';
     const wrk = tools.wrk;
@@ -570,6 +588,7 @@ function summarizeTally(t: Tally): ChainFigures {
     const perConn = perSidecar(t.cpuPerNewConnection, i);
     return {
       role: s.role,
+      startRssBytes: t.startRss[i] ?? Number.NaN,
       idleRssBytes: t.idleRss[i] ?? Number.NaN,
       loadedRssBytes: t.loadedRss[i] ?? Number.NaN,
       ...(atMax === undefined ? {} : { cpuMsPer1kAtMax: atMax }),

@@ -129,6 +129,7 @@ const PROXY: ProxyPlan = {
     closeEachRequest: true,
   },
   withInfoLog: true,
+  idleSeconds: 30,
 };
 
 /**

@@ -7,6 +7,7 @@
 import { execFileSync } from 'node:child_process';
 import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
+import { fileURLToPath } from 'node:url';
 import {
   type ChainCerts,
   haproxyClientConf,
@@ -25,9 +26,18 @@ import type { NginxTool, Tools } from './tools.js';
 /**
  * `kmtls-info`: kmtls with `--log-level info` (an access-log line per connection). `nginx-full`,
  * `haproxy-full`: a second client side without TLS session reuse, in front of the same server side,
- * so that every new connection is a full handshake, as it is for kmtls.
+ * so that every new connection is a full handshake. `node-relay`: the floor under any Node sidecar
+ * (bench/proxy/node-relay.mjs), so that what Node costs can be told from what kmtls adds.
  */
-export type ChainId = 'direct' | 'kmtls' | 'kmtls-info' | 'nginx' | 'haproxy' | 'nginx-full' | 'haproxy-full';
+export type ChainId =
+  | 'direct'
+  | 'kmtls'
+  | 'kmtls-info'
+  | 'node-relay'
+  | 'nginx'
+  | 'haproxy'
+  | 'nginx-full'
+  | 'haproxy-full';
 export type SidecarRole = 'client' | 'server';
 
 /** One proxy of a chain: the processes whose CPU and memory count for it. */
@@ -122,6 +132,26 @@ const nginxSidecar = (role: SidecarRole, master: Started): Sidecar => ({
 
 const singleProcess = (role: SidecarRole, p: Started): Sidecar => ({ role, pids: () => [p.pid] });
 
+/** A chain whose two sides were just started: ready once both listen. */
+async function startedChain(
+  id: ChainId,
+  clientPort: number,
+  serverPort: number,
+  client: Started,
+  server: Started,
+  sidecar: (role: SidecarRole, p: Started) => Sidecar = singleProcess,
+): Promise<Chain> {
+  await waitForPort(serverPort, server);
+  await waitForPort(clientPort, client);
+  return {
+    id,
+    entryPort: clientPort,
+    serverPort,
+    sidecars: [sidecar('client', client), sidecar('server', server)],
+    processes: [client, server],
+  };
+}
+
 export async function startBackend(tools: Tools, dir: string, repoRoot: string): Promise<Backend> {
   const port = await freePort();
   const backendDir = path.join(dir, 'backend');
@@ -179,15 +209,7 @@ export async function startKmtlsChain(
   };
   const server = start('server', kmtlsServerConfig(serverPort, backend.port, certs), certs.server);
   const client = start('client', kmtlsClientConfig(clientPort, serverPort, certs), certs.client);
-  await waitForPort(serverPort, server);
-  await waitForPort(clientPort, client);
-  return {
-    id,
-    entryPort: clientPort,
-    serverPort,
-    sidecars: [singleProcess('client', client), singleProcess('server', server)],
-    processes: [client, server],
-  };
+  return startedChain(id, clientPort, serverPort, client, server);
 }
 
 export async function startNginxChain(
@@ -215,15 +237,27 @@ export async function startNginxChain(
       sessionReuse: true,
     }),
   );
-  await waitForPort(serverPort, server);
-  await waitForPort(clientPort, client);
-  return {
-    id: 'nginx',
-    entryPort: clientPort,
-    serverPort,
-    sidecars: [nginxSidecar('client', client), nginxSidecar('server', server)],
-    processes: [client, server],
-  };
+  return startedChain('nginx', clientPort, serverPort, client, server, nginxSidecar);
+}
+
+const NODE_RELAY = fileURLToPath(new URL('./node-relay.mjs', import.meta.url));
+
+/** Two processes of bench/proxy/node-relay.mjs: mTLS with the same certificates, and nothing else. */
+export async function startNodeRelayChain(dir: string, certs: ChainCerts, backend: Backend): Promise<Chain> {
+  const chainDir = path.join(dir, 'node-relay');
+  mkdirSync(chainDir, { recursive: true });
+  const clientPort = await freePort();
+  const serverPort = await freePort();
+  const start = (role: SidecarRole, listen: number, target: number, cert: SideCerts) =>
+    startProcess(
+      `node relay ${role} side`,
+      process.execPath,
+      [NODE_RELAY, role, String(listen), String(target), cert.leaf, cert.key, certs.root],
+      path.join(chainDir, `${role}.log`),
+    );
+  const server = start('server', serverPort, backend.port, certs.server);
+  const client = start('client', clientPort, serverPort, certs.client);
+  return startedChain('node-relay', clientPort, serverPort, client, server);
 }
 
 export async function startHaproxyChain(
@@ -249,15 +283,7 @@ export async function startHaproxyChain(
   };
   const server = start('server', haproxyServerConf(serverPort, backend.port, certs));
   const client = start('client', haproxyClientConf(clientPort, serverPort, certs, true));
-  await waitForPort(serverPort, server);
-  await waitForPort(clientPort, client);
-  return {
-    id: 'haproxy',
-    entryPort: clientPort,
-    serverPort,
-    sidecars: [singleProcess('client', client), singleProcess('server', server)],
-    processes: [client, server],
-  };
+  return startedChain('haproxy', clientPort, serverPort, client, server);
 }
 
 /** A second client side, without session reuse, in front of the server side of `base`. */

@@ -22,6 +22,7 @@ const LABELS: Readonly<Record<ChainId, string>> = {
   direct: 'direct (no sidecars)',
   kmtls: 'kmtls',
   'kmtls-info': 'kmtls, `--log-level info`',
+  'node-relay': 'Node floor (a bare relay, bench/proxy/node-relay.mjs)',
   nginx: 'nginx',
   haproxy: 'haproxy',
   'nginx-full': 'nginx, `proxy_ssl_session_reuse off`',
@@ -86,6 +87,10 @@ interface Metric {
     readonly met: (kmtls: number, best: number | undefined) => boolean;
   };
 }
+
+/** A metric's row heading: name, unit and which way is better. */
+const heading = (m: Metric): string =>
+  `${m.name} (${m.unit}; ${m.higherIsBetter ? 'higher' : 'lower'} is better)`;
 
 function metrics(direct: ChainFigures | undefined, rate: number): Metric[] {
   return [
@@ -173,7 +178,7 @@ function renderHeadline(r: ProxyBenchResult, byId: (id: ChainId) => ChainFigures
             ? '**met**'
             : '**missed**';
     return [
-      `${m.name} (${m.unit}; ${m.higherIsBetter ? 'higher' : 'lower'} is better)`,
+      heading(m),
       cell(k),
       cell(n),
       cell(h),
@@ -199,6 +204,52 @@ function renderHeadline(r: ProxyBenchResult, byId: (id: ChainId) => ChainFigures
       ],
       rows,
       [1, 2, 3, 4, 5, 6],
+    ),
+  ];
+}
+
+/**
+ * kmtls against the least a Node sidecar must do (bench/proxy/node-relay.mjs), and that floor against
+ * nginx and haproxy: which part of a gap is Node's TLS and streams, and which is kmtls's own work.
+ */
+function renderNodeFloor(r: ProxyBenchResult, byId: (id: ChainId) => ChainFigures | undefined): string[] {
+  const kmtls = byId('kmtls');
+  const floor = byId('node-relay');
+  if (kmtls === undefined || floor === undefined) return [];
+  const [throughput, cpuMax, , , , rss] = metrics(byId('direct'), r.plan.fixedRate.ratePerSecond);
+  const perConnection: Metric = {
+    name: 'CPU per new connection, both sidecars',
+    unit: 'ms',
+    value: (c) => chainCpu(c, (s) => s.cpuMsPerNewConnection),
+    higherIsBetter: false,
+    format: ms,
+  };
+  const rows = [throughput, cpuMax, perConnection, rss].filter((x): x is Metric => x !== undefined);
+  return [
+    table(
+      [
+        'measure',
+        'kmtls',
+        'Node floor',
+        'best of nginx/haproxy',
+        'kmtls ÷ Node floor',
+        'Node floor ÷ best of nginx/haproxy',
+      ],
+      rows.map((metric) => {
+        const k = metric.value(kmtls);
+        const f = metric.value(floor);
+        const b = best([metric.value(byId('nginx')), metric.value(byId('haproxy'))], metric.higherIsBetter);
+        const cell = (v: number | undefined) => (v === undefined ? '—' : metric.format(v));
+        return [
+          heading(metric),
+          cell(k),
+          cell(f),
+          cell(b),
+          k === undefined || f === undefined ? '—' : ratio(k / f),
+          f === undefined || b === undefined ? '—' : ratio(f / b),
+        ];
+      }),
+      [1, 2, 3, 4, 5],
     ),
   ];
 }
@@ -266,6 +317,27 @@ function renderFindings(r: ProxyBenchResult, byId: (id: ChainId) => ChainFigures
           : ''),
     );
   }
+  const floor = byId('node-relay');
+  const ft = throughput?.value(floor);
+  const fc = cpuMax?.value(floor);
+  if (
+    kt !== undefined &&
+    bt !== undefined &&
+    kc !== undefined &&
+    bc !== undefined &&
+    ft !== undefined &&
+    fc !== undefined
+  ) {
+    out.push(
+      `- **What Node costs.** The Node floor, which does nothing but TLS and copying, carried ${int(ft)} req/s at ` +
+        `${ms(fc)} ms of CPU per 1,000 requests (${ratio(ft / bt)} the throughput and ${ratio(fc / bc)} the CPU of the ` +
+        `better of nginx and haproxy); kmtls ran at ${ratio(kt / ft)} the floor's throughput and ${ratio(kc / fc)} its CPU. ` +
+        (fc > bc
+          ? "On Node's TLS sockets and streams the floor alone misses the throughput and CPU targets, before any of " +
+            "kmtls's checks: meeting them needs a different data plane (TLS and copying in native code), not a leaner kmtls."
+          : "The floor is on par with nginx and haproxy here, so the gap is kmtls's own work."),
+    );
+  }
   const ka = k(added);
   if (ka !== undefined && kmtls?.fixedRate && direct?.fixedRate) {
     const others = [nginx, haproxy]
@@ -287,15 +359,19 @@ function renderFindings(r: ProxyBenchResult, byId: (id: ChainId) => ChainFigures
   if (kr !== undefined && rss) {
     const loaded = kmtls ? Math.max(...kmtls.sidecars.map((s) => s.loadedRssBytes)) : Number.NaN;
     const br = bestOf(rss);
+    const atStart = kmtls ? Math.max(...kmtls.sidecars.map((s) => s.startRssBytes)) : Number.NaN;
+    const floorIdle = largestIdleRss(floor);
     out.push(
-      `- **Memory.** An idle kmtls sidecar holds ${mb(kr)} MB resident (${mb(loaded)} MB after load), ` +
+      `- **Memory.** An idle kmtls sidecar holds ${mb(kr)} MB resident after ${r.plan.idleSeconds} s without traffic ` +
+        `(${mb(atStart)} MB one second after start, before V8 gives back what start-up grew; ${mb(loaded)} MB after load), ` +
         `so the target (under 60 MB) is ${kr < 60e6 ? 'met' : 'missed'}` +
         (br === undefined
           ? '.'
           : `; the lighter of nginx and haproxy holds ${mb(br)} MB per sidecar (${ratio(kr / br)}).`) +
         (r.nodeBaselineRssBytes === undefined
           ? ''
-          : ` A bare \`node\` process, before any module is loaded, holds ${mb(r.nodeBaselineRssBytes)} MB on this machine.`),
+          : ` A bare \`node\` process, before any module is loaded, holds ${mb(r.nodeBaselineRssBytes)} MB on this machine` +
+            (floorIdle === undefined ? '.' : `, and an idle Node floor sidecar ${mb(floorIdle)} MB.`)),
     );
   }
   const kn = k(newConns);
@@ -308,6 +384,10 @@ function renderFindings(r: ProxyBenchResult, byId: (id: ChainId) => ChainFigures
   );
   if (kn !== undefined) {
     const perConn = chainCpu(kmtls, (s) => s.cpuMsPerNewConnection);
+    const reusePerConn = best(
+      [chainCpu(nginx, (s) => s.cpuMsPerNewConnection), chainCpu(haproxy, (s) => s.cpuMsPerNewConnection)],
+      false,
+    );
     const fullPerConn = best(
       [
         chainCpu(byId('nginx-full'), (s) => s.cpuMsPerNewConnection),
@@ -324,9 +404,12 @@ function renderFindings(r: ProxyBenchResult, byId: (id: ChainId) => ChainFigures
           ? ''
           : ` and ${int(bestOf(newConns) ?? 0)}/s with their default reuse`) +
         '.' +
-        (perConn !== undefined && fullPerConn !== undefined
-          ? ` Each new connection cost the two kmtls sidecars ${ms(perConn)} ms of CPU against ${ms(fullPerConn)} ms ` +
-            `(${ratio(perConn / fullPerConn)}) for a full handshake in nginx or haproxy.`
+        (perConn !== undefined && reusePerConn !== undefined
+          ? ` Each new connection (resumed between the sidecars) cost the two kmtls sidecars ${ms(perConn)} ms of CPU ` +
+            `against ${ms(reusePerConn)} ms (${ratio(perConn / reusePerConn)}) for the better of nginx and haproxy resuming too` +
+            (fullPerConn === undefined
+              ? '.'
+              : `, and ${ms(fullPerConn)} ms with a full handshake every time.`)
           : ''),
     );
   }
@@ -386,7 +469,7 @@ export function renderProxySection(r: ProxyBenchResult, ctx: SectionContext): st
   out.push(
     [
       '- **Chains**, all on 127.0.0.1, each load generator → client sidecar → mTLS → server sidecar → backend: ' +
-        '*direct* (load generator → backend), *kmtls* (two `kmtls proxy` processes of the bundled CLI, `--log-level warn`: client outbound ' +
+        '*direct* (load generator → backend), *Node floor* (two processes of bench/proxy/node-relay.mjs, below), *kmtls* (two `kmtls proxy` processes of the bundled CLI, `--log-level warn`: client outbound ' +
         "`ISTIO_MUTUAL`, protocol tcp, `expectedIdentities` = the server's SPIFFE ID → server inbound `STRICT`, tcp), " +
         '*nginx* (two nginx `stream` instances: `proxy_ssl on` with a client certificate → `listen … ssl` with ' +
         '`ssl_verify_client on`) and *haproxy* (two haproxy instances, mode tcp: `server … ssl crt … ca-file … verify required` ' +
@@ -416,12 +499,14 @@ export function renderProxySection(r: ProxyBenchResult, ctx: SectionContext): st
         "generator's own millisecond timer) is in the detail table.",
       `- **New connections/s**: \`wrk -t${nc.threads} -c${nc.connections} -d${nc.durationSeconds}s -H 'Connection: close'\`: ` +
         'every request is a new TCP connection to the client side and a new mTLS connection between the sidecars; ' +
-        `${nc.rounds} rounds after a ${nc.warmupSeconds} s warm-up. nginx and haproxy resume TLS sessions by default; ` +
-        'they also ran with reuse off (a second client side in front of the same server side), for a full handshake ' +
-        'on every connection as in kmtls.',
+        `${nc.rounds} rounds after a ${nc.warmupSeconds} s warm-up. kmtls, the Node floor, nginx and haproxy all resume ` +
+        'TLS sessions between the sidecars; nginx and haproxy also ran with reuse off (a second client side in front ' +
+        'of the same server side), for a full handshake on every connection.',
       '- **CPU**: utime + stime of each sidecar from /proc/PID/stat around the timed run (all threads; nginx master + ' +
-        'worker), divided by the requests (or connections) wrk counted. **RSS**: VmRSS from /proc/PID/status, idle = ' +
-        'after start and a few requests through the chain; loaded = the largest value read at the end of a load run.',
+        'worker), divided by the requests (or connections) wrk counted. **RSS**: VmRSS from /proc/PID/status, read ' +
+        'one second after start and a few requests through the chain, then again after ' +
+        `${r.plan.idleSeconds} s without traffic (*idle*, the figure the target is about: V8 gives back what it grew ` +
+        'during start-up only after a few seconds without work); loaded = the largest value read at the end of a load run.',
     ].join('\n'),
   );
   out.push('');
@@ -461,6 +546,20 @@ export function renderProxySection(r: ProxyBenchResult, ctx: SectionContext): st
   out.push(...renderHeadline(r, byId));
   out.push('');
 
+  const floorTable = renderNodeFloor(r, byId);
+  if (floorTable.length > 0) {
+    out.push('### What Node itself costs: kmtls against the Node floor');
+    out.push('');
+    out.push(
+      'The *Node floor* is the least two Node processes must do to carry a connection over mTLS: `tls` and ' +
+        '`stream.pipe` both ways with the same certificates, TLS versions and session resumption as kmtls, and ' +
+        'nothing else (no policy, no SPIFFE check, no log, no metrics, no timeouts). What separates kmtls from it is ' +
+        "kmtls's own work; what separates it from nginx and haproxy is Node's TLS and stream machinery.",
+    );
+    out.push('');
+    out.push(...floorTable);
+    out.push('');
+  }
   out.push('### Detail');
   out.push('');
   const loadChains = r.chains.filter((c) => c.throughput !== undefined || c.fixedRate !== undefined);
@@ -548,15 +647,24 @@ export function renderProxySection(r: ProxyBenchResult, ctx: SectionContext): st
   out.push('');
   out.push(
     table(
-      ['sidecar', 'idle RSS MB, client', 'server', 'loaded RSS MB, client', 'server'],
+      [
+        'sidecar',
+        'RSS MB 1 s after start, client',
+        'server',
+        `idle RSS MB (${r.plan.idleSeconds} s later), client`,
+        'server',
+        'loaded RSS MB, client',
+        'server',
+      ],
       r.chains
         .filter((c) => c.sidecars.length > 0 && !c.id.endsWith('-full'))
         .map((c) => [
           LABELS[c.id],
+          ...cpuCells(c, (s) => s.startRssBytes, mb),
           ...cpuCells(c, (s) => s.idleRssBytes, mb),
           ...cpuCells(c, (s) => s.loadedRssBytes, mb),
         ]),
-      [1, 2, 3, 4],
+      [1, 2, 3, 4, 5, 6],
     ),
   );
   out.push('');
@@ -576,7 +684,8 @@ export function renderProxySection(r: ProxyBenchResult, ctx: SectionContext): st
   out.push(
     '- **What each side verifies.** kmtls checks the chain and the SPIFFE identity itself, in JavaScript, on every ' +
       'connection (client: the server must be `expectedIdentities`; server: the client must be in a trusted trust ' +
-      "domain). haproxy checks the chain against the root (no name: no `verifyhost`). nginx's server side checks the " +
+      'domain); the signatures of a chain it has seen before under the same trust bundle are not checked again, its ' +
+      "dates and identity are. The Node floor leaves the chain to OpenSSL and checks no identity. haproxy checks the chain against the root (no name: no `verifyhost`). nginx's server side checks the " +
       "client's chain; its client side checks nothing (above).",
   );
   out.push('');

@@ -1,7 +1,8 @@
-import { readFileSync } from 'node:fs';
-import { readStdinText } from '../config/index.js';
-import { ERROR_CODES, exitCodeFor, KmtlsError } from '../errors.js';
+import { KmtlsError } from '../errors.js';
 import type { CommandIo } from './io.js';
+import type { Command } from './run.js';
+import { processIo, runCommand, version } from './run.js';
+import { SIDECAR_COMMANDS } from './sidecar.js';
 
 export const USAGE = `kmtls — mutual TLS for Kubernetes services, exact to Istio's PeerAuthentication
 
@@ -30,8 +31,6 @@ Every command that reads manifests takes -f PATH (file, directory or -, repeatab
 --root-namespace NS (default istio-system) and -o text|json. See docs/cli.md.
 `;
 
-type Command = (argv: readonly string[], io: CommandIo) => Promise<number>;
-
 /**
  * Each command's module is loaded when the command runs: `kmtls version` or `kmtls validate` need not
  * load the Kubernetes client, the proxy or the control plane, and start in a fraction of the time.
@@ -44,61 +43,38 @@ const COMMANDS: Record<string, () => Promise<Command>> = {
   inject: async () => (await import('./inject.js')).runInject,
   install: async () => (await import('./install.js')).runInstall,
   iptables: async () => (await import('./iptables.js')).runIptables,
-  proxy: async () => (await import('./proxy.js')).runProxy,
-  'proxy-wait': async () => (await import('./proxy-wait.js')).runProxyWait,
+  ...SIDECAR_COMMANDS,
   status: async () => (await import('./status.js')).runStatus,
   up: async () => (await import('./up.js')).runUp,
   validate: async () => (await import('./validate.js')).runValidate,
   analyze: async () => (await import('./analyze.js')).runAnalyze,
 };
 
-function version(): string {
-  const pkg = JSON.parse(readFileSync(new URL('../../../package.json', import.meta.url), 'utf8')) as {
-    version: string;
-  };
-  return pkg.version;
-}
-
 /** Runs one command; returns the exit code. Never throws: errors become a coded message. */
 export async function run(argv: readonly string[], io: CommandIo): Promise<number> {
   const [name, ...rest] = argv;
-  try {
-    if (name === undefined || name === 'help' || name === '--help' || name === '-h') {
-      io.stdout(USAGE);
-      return name === undefined ? 2 : 0;
-    }
-    if (name === 'version' || name === '--version') {
-      io.stdout(`kmtls ${version()}\n`);
-      return 0;
-    }
-    const load = COMMANDS[name];
-    if (!load)
-      throw new KmtlsError('KMTLS_CLI_USAGE', `unknown command: ${JSON.stringify(name)}\n\n${USAGE}`);
-    return await (await load())(rest, io);
-  } catch (err) {
-    if (err instanceof KmtlsError && err.code in ERROR_CODES) {
-      io.stderr(`error ${err.code}: ${err.message}\n`);
-      return exitCodeFor(err.code);
-    }
-    io.stderr(`BUG: kmtls failed unexpectedly: ${(err as Error)?.stack ?? String(err)}\n`);
-    return 70;
+  if (name === undefined || name === 'help' || name === '--help' || name === '-h') {
+    io.stdout(USAGE);
+    return name === undefined ? 2 : 0;
   }
+  if (name === 'version' || name === '--version') {
+    io.stdout(`kmtls ${version()}\n`);
+    return 0;
+  }
+  const load =
+    COMMANDS[name] ??
+    (async () => {
+      throw new KmtlsError('KMTLS_CLI_USAGE', `unknown command: ${JSON.stringify(name)}\n\n${USAGE}`);
+    });
+  return runCommand(load, rest, io);
 }
 
 /** The process entry: the only place that touches process streams and exit. */
 export async function main(): Promise<void> {
-  // A reader that goes away (`kmtls validate ... | head`) is not an error worth a stack trace.
-  for (const stream of [process.stdout, process.stderr]) {
-    stream.on('error', (err: NodeJS.ErrnoException) => {
-      if (err.code === 'EPIPE') process.exit(process.exitCode ?? 0);
-      throw err;
-    });
-  }
-  const io: CommandIo = {
-    stdout: (t) => process.stdout.write(t),
-    stderr: (t) => process.stderr.write(t),
-    readStdin: readStdinText,
-    isTty: process.stdout.isTTY === true,
-  };
-  process.exitCode = await run(process.argv.slice(2), io);
+  process.exitCode = await run(
+    process.argv.slice(2),
+    // Loaded when a command reads `-`: src/config brings YAML and the manifest schemas, which no
+    // command needs before then.
+    processIo(async () => (await import('../config/index.js')).readStdinText()),
+  );
 }

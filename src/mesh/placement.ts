@@ -1,4 +1,8 @@
-import { z } from 'zod';
+import { en } from 'zod/locales';
+import * as z from 'zod/mini';
+
+// zod's small API, as in proxy-config.ts (which says why); English messages.
+z.config(en());
 
 /**
  * Where the pods of a mesh run and listen: what the kubelet and the network report in a cluster
@@ -7,7 +11,7 @@ import { z } from 'zod';
  * ProxyConfig. Shared message type, like ProxyConfig.
  */
 
-const address = z.string().regex(/^\d{1,3}(\.\d{1,3}){3}:\d{1,5}$/, 'an address is IP:PORT');
+const address = z.string().check(z.regex(/^\d{1,3}(\.\d{1,3}){3}:\d{1,5}$/, 'an address is IP:PORT'));
 
 export const placedPodSchema = z.strictObject({
   namespace: z.string(),
@@ -16,11 +20,11 @@ export const placedPodSchema = z.strictObject({
   /** Whether a sidecar runs beside the application. */
   sidecar: z.boolean(),
   /** Whether the pod is Ready: only ready pods are endpoints of Services (default true). */
-  ready: z.boolean().optional(),
+  ready: z.optional(z.boolean()),
   /** containerPort → where the application listens. */
-  apps: z.record(z.string().regex(/^\d+$/), address),
+  apps: z.record(z.string().check(z.regex(/^\d+$/)), address),
   /** The sidecar's admin endpoint. */
-  admin: address.optional(),
+  admin: z.optional(address),
   /** `<service fqdn>:<port>` → where the sidecar takes the application's calls to it. */
   outbound: z.record(z.string(), address),
 });

@@ -1,5 +1,11 @@
-import { z } from 'zod';
+import { en } from 'zod/locales';
+import * as z from 'zod/mini';
 import { CLIENT_TLS_MODES } from '../policy/index.js';
+
+// The mesh's message types use zod's small API (`zod/mini`: the same checks and messages as `zod`,
+// without a method per schema): every sidecar loads them, and classic zod would add about 2 MB to
+// each one's idle memory (BENCHMARKS.md). It loads no messages by default: English, as classic sets.
+z.config(en());
 
 /**
  * The message the control plane sends each sidecar, and the file `kmtls proxy --config` reads:
@@ -9,18 +15,22 @@ import { CLIENT_TLS_MODES } from '../policy/index.js';
 
 const address = z
   .string()
-  .regex(
-    /^(\d{1,3}(\.\d{1,3}){3}|\[[0-9a-fA-F:]+\]|localhost):\d{1,5}$/,
-    'an address is HOST:PORT, e.g. 127.0.0.1:8080',
+  .check(
+    z.regex(
+      /^(\d{1,3}(\.\d{1,3}){3}|\[[0-9a-fA-F:]+\]|localhost):\d{1,5}$/,
+      'an address is HOST:PORT, e.g. 127.0.0.1:8080',
+    ),
   );
 
 const mode = z.enum(['STRICT', 'PERMISSIVE', 'DISABLE']);
 
 const originalDestination = z
   .string()
-  .regex(
-    /^(\d{1,3}(\.\d{1,3}){3}|\[[0-9a-fA-F:]+\]):\d{1,5}$/,
-    'an original destination is IP:PORT, e.g. 10.96.0.10:80',
+  .check(
+    z.regex(
+      /^(\d{1,3}(\.\d{1,3}){3}|\[[0-9a-fA-F:]+\]):\d{1,5}$/,
+      'an original destination is IP:PORT, e.g. 10.96.0.10:80',
+    ),
   );
 
 /**
@@ -37,32 +47,34 @@ export const interceptionSchema = z.strictObject({
    * port no portLevelMtls names), forwarded to the original destination (the pod's IP) on the same
    * port, from 127.0.0.6. PERMISSIVE when absent, Istio's default.
    */
-  defaultMode: mode.default('PERMISSIVE'),
+  defaultMode: z._default(mode, 'PERMISSIVE'),
   /** The policy that decided `defaultMode`, for logs and metrics. */
-  defaultPolicy: z.string().default('default'),
+  defaultPolicy: z._default(z.string(), 'default'),
   /**
    * Undeclared ports the workload policy's portLevelMtls names, by port number: their own mode and
    * deciding policy, which win over `defaultMode` (Istio's port-level override applies to every port
    * the sidecar intercepts, not only to container ports).
    */
-  portModes: z
-    .record(
-      z.string().regex(/^[1-9][0-9]{0,4}$/, 'a port number'),
-      z.strictObject({ mode, policy: z.string().default('default') }),
-    )
-    .optional(),
+  portModes: z.optional(
+    z.record(
+      z.string().check(z.regex(/^[1-9][0-9]{0,4}$/, 'a port number')),
+      z.strictObject({ mode, policy: z._default(z.string(), 'default') }),
+    ),
+  ),
 });
-const protocol = z.enum(['tcp', 'http']).default('tcp');
-const spiffe = z.string().startsWith('spiffe://');
+const protocol = z._default(z.enum(['tcp', 'http']), 'tcp');
+const spiffe = z.string().check(z.startsWith('spiffe://'));
+/** An integer above zero, for the limits. */
+const positiveInt = (fallback: number) => z._default(z.int().check(z.positive()), fallback);
 
 export const inboundPortSchema = z.strictObject({
   /** The workload (container) port this listener stands for. */
-  port: z.number().int().min(1).max(65535),
+  port: z.int().check(z.gte(1), z.lte(65535)),
   /**
    * Where the sidecar listens (podIP:port locally). Needed without `interception`; with it, the one
    * inbound listener takes the port's connections and this is not used.
    */
-  listen: address.optional(),
+  listen: z.optional(address),
   /**
    * Where the application listens (127.0.0.1:PORT locally; podIP:PORT in a cluster). With
    * `interception` only its port is used: the address is the connection's original destination
@@ -76,9 +88,9 @@ export const inboundPortSchema = z.strictObject({
    * appProtocol `http2`, `grpc`, `kubernetes.io/h2c`), so HTTP/2 streams reach it as HTTP/2. On
    * other HTTP ports they reach it as HTTP/1.1 requests, as Envoy sends an `http` port's application.
    */
-  http2: z.boolean().optional(),
+  http2: z.optional(z.boolean()),
   /** The policy that decided the mode, `namespace/name`, or `default` when none did. */
-  policy: z.string().default('default'),
+  policy: z._default(z.string(), 'default'),
 });
 
 export const outboundEndpointSchema = z.strictObject({
@@ -86,64 +98,58 @@ export const outboundEndpointSchema = z.strictObject({
   /** What the client side sends to this endpoint (the policy core's decision). */
   tls: z.enum(CLIENT_TLS_MODES),
   /** The pod or workload, for logs. */
-  workload: z.string().optional(),
+  workload: z.optional(z.string()),
 });
 
 export const outboundSchema = z.strictObject({
   /** `host:port` of the service, for logs and metrics. */
   name: z.string(),
   /** What the application connects to (local mesh). Optional when `match` is given. */
-  listen: address.optional(),
+  listen: z.optional(address),
   /**
    * Transparent mode: the original destinations (`IP:PORT`, what the application dialled before
    * iptables redirected it) that are this service: its ClusterIP:port, or pod IPs for a headless one.
    */
-  match: z.array(originalDestination).optional(),
+  match: z.optional(z.array(originalDestination)),
   protocol,
-  endpoints: z.array(outboundEndpointSchema).min(1),
+  endpoints: z.array(outboundEndpointSchema).check(z.minLength(1)),
   /** Secure naming: the identities a server of this service may present. */
-  expectedIdentities: z.array(spiffe).default([]),
+  expectedIdentities: z._default(z.array(spiffe), []),
   /** DestinationRule SIMPLE / MUTUAL settings: file paths, as in the rule. */
-  tls: z
-    .strictObject({
-      caCertificates: z.string().optional(),
-      clientCertificate: z.string().optional(),
-      privateKey: z.string().optional(),
-      sni: z.string().optional(),
-      subjectAltNames: z.array(z.string()).optional(),
-    })
-    .optional(),
+  tls: z.optional(
+    z.strictObject({
+      caCertificates: z.optional(z.string()),
+      clientCertificate: z.optional(z.string()),
+      privateKey: z.optional(z.string()),
+      sni: z.optional(z.string()),
+      subjectAltNames: z.optional(z.array(z.string())),
+    }),
+  ),
 });
 
 export const proxyConfigSchema = z.strictObject({
-  version: z.string().default('0'),
+  version: z._default(z.string(), '0'),
   workload: z.strictObject({ namespace: z.string(), name: z.string(), identity: spiffe }),
-  trustDomains: z.array(z.string()).min(1),
-  inbound: z.array(inboundPortSchema).default([]),
-  outbound: z.array(outboundSchema).default([]),
-  admin: address.optional(),
-  interception: interceptionSchema.optional(),
+  trustDomains: z.array(z.string()).check(z.minLength(1)),
+  inbound: z._default(z.array(inboundPortSchema), []),
+  outbound: z._default(z.array(outboundSchema), []),
+  admin: z.optional(address),
+  interception: z.optional(interceptionSchema),
   /** The address upstream connections leave from (the pod's IP), so peers can tell who called. */
-  sourceAddress: z
-    .string()
-    .regex(/^\d{1,3}(\.\d{1,3}){3}$/, 'an IPv4 address')
-    .optional(),
-  limits: z
-    .strictObject({
-      maxConnections: z.number().int().positive().default(10_000),
-      handshakeTimeoutMs: z.number().int().positive().default(10_000),
-      idleTimeoutMs: z.number().int().positive().default(3_600_000),
-      maxHeaderBytes: z
-        .number()
-        .int()
-        .positive()
-        .default(64 * 1024),
+  sourceAddress: z.optional(z.string().check(z.regex(/^\d{1,3}(\.\d{1,3}){3}$/, 'an IPv4 address'))),
+  limits: z.prefault(
+    z.strictObject({
+      maxConnections: positiveInt(10_000),
+      handshakeTimeoutMs: positiveInt(10_000),
+      idleTimeoutMs: positiveInt(3_600_000),
+      maxHeaderBytes: positiveInt(64 * 1024),
       /** PERMISSIVE: how long to wait for a first byte before taking the connection as server-first plaintext. */
-      detectTimeoutMs: z.number().int().positive().default(300),
+      detectTimeoutMs: positiveInt(300),
       /** How long a connection that a new policy refuses may live on before it is closed. */
-      drainMs: z.number().int().nonnegative().default(5_000),
-    })
-    .prefault({}),
+      drainMs: z._default(z.int().check(z.nonnegative()), 5_000),
+    }),
+    {},
+  ),
 });
 
 export type ProxyConfig = z.infer<typeof proxyConfigSchema>;

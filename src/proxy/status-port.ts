@@ -2,8 +2,12 @@ import http from 'node:http';
 import http2 from 'node:http2';
 import https from 'node:https';
 import net from 'node:net';
-import { z } from 'zod';
+import { en } from 'zod/locales';
+import * as z from 'zod/mini';
 import { KmtlsError } from '../errors.js';
+
+// zod's small API, as in src/mesh/proxy-config.ts (which says why); English messages.
+z.config(en());
 
 /** The sidecar's own readiness, probed by the kubelet (readinessProbe, and startupProbe of a native sidecar). */
 export const READY_PATH = '/healthz/ready';
@@ -14,24 +18,25 @@ export const APP_PROBERS_ENV = 'KMTLS_APP_PROBERS';
 /** kubelet's default `timeoutSeconds`. */
 export const DEFAULT_PROBE_TIMEOUT_SECONDS = 1;
 
-const port = z.number().int().min(1).max(65535);
+const port = z.int().check(z.gte(1), z.lte(65535));
+const timeoutSeconds = z.optional(z.int().check(z.positive()));
 const appProberSchema = z.union([
   z.strictObject({
     httpGet: z.strictObject({
       port,
       path: z.string(),
       scheme: z.enum(['HTTP', 'HTTPS']),
-      httpHeaders: z.array(z.strictObject({ name: z.string(), value: z.string() })).optional(),
+      httpHeaders: z.optional(z.array(z.strictObject({ name: z.string(), value: z.string() }))),
     }),
-    timeoutSeconds: z.number().int().positive().optional(),
+    timeoutSeconds,
   }),
   z.strictObject({
     tcpSocket: z.strictObject({ port }),
-    timeoutSeconds: z.number().int().positive().optional(),
+    timeoutSeconds,
   }),
   z.strictObject({
-    grpc: z.strictObject({ port, service: z.string().optional() }),
-    timeoutSeconds: z.number().int().positive().optional(),
+    grpc: z.strictObject({ port, service: z.optional(z.string()) }),
+    timeoutSeconds,
   }),
 ]);
 
@@ -60,7 +65,9 @@ export function parseAppProbers(text: string | undefined): AppProbers {
       { cause: err },
     );
   }
-  const parsed = z.record(z.string().startsWith(APP_HEALTH_PREFIX), appProberSchema).safeParse(value);
+  const parsed = z
+    .record(z.string().check(z.startsWith(APP_HEALTH_PREFIX)), appProberSchema)
+    .safeParse(value);
   if (!parsed.success) {
     const first = parsed.error.issues[0];
     throw new KmtlsError(
