@@ -1,4 +1,4 @@
-import { X509Certificate } from 'node:crypto';
+import { createHash, X509Certificate } from 'node:crypto';
 import type { SpiffeId } from '../identity/index.js';
 import { parseSpiffeId } from '../identity/index.js';
 import type { CertificateFields } from './x509-read.js';
@@ -81,8 +81,7 @@ export function verifyPeerChain(
     byChain = new Map();
     factsCache.set(roots, byChain);
   }
-  // latin1 maps each byte to one character, and U+0100 is none of them: the key is the bytes.
-  const key = chain.map((c) => c.toString('latin1')).join('\u0100');
+  const key = chainKey(chain);
   let facts = byChain.get(key);
   if (facts) {
     byChain.delete(key);
@@ -110,6 +109,20 @@ export function verifyPeerChain(
     );
   }
   return { ok: true, identities: trusted, notAfter: new Date(facts.validity[0]![1]) };
+}
+
+/**
+ * SHA-256 over the chain, each certificate prefixed by its length: a fixed-size key whatever a peer
+ * sends (up to OpenSSL's 100 KB of chain), so 512 remembered chains stay small.
+ */
+function chainKey(chain: readonly Buffer[]): string {
+  const hash = createHash('sha256');
+  const length = Buffer.alloc(4);
+  for (const cert of chain) {
+    length.writeUInt32BE(cert.length);
+    hash.update(length).update(cert);
+  }
+  return hash.digest('base64');
 }
 
 function chainFacts(chain: readonly Buffer[], roots: readonly Buffer[]): ChainFacts {
