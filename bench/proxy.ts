@@ -77,7 +77,7 @@ export interface ProxyPlan {
 /** One sidecar's CPU and memory, over all runs of a chain. */
 export interface SidecarFigures {
   readonly role: SidecarRole;
-  /** One second after start and a few requests through the chain. */
+  /** Once every chain is up and has carried a few requests, a second after the last one started. */
   readonly startRssBytes: number;
   /** After `idleSeconds` more without traffic, before any load: what an idle sidecar holds. */
   readonly idleRssBytes: number;

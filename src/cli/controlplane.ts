@@ -68,7 +68,7 @@ async function readJson(file: string): Promise<unknown> {
 }
 
 /** The placement file, watched: a bad version is reported and the last good one stays. */
-async function watchPlacement(
+export async function watchPlacement(
   file: string | undefined,
   onError: (message: string) => void,
 ): Promise<Watched<Placement> & { close(): void }> {
@@ -86,8 +86,15 @@ async function watchPlacement(
     if (text === lastText) return;
     lastText = text;
     try {
-      const parsed = placementSchema.parse(JSON.parse(text));
-      current = parsed;
+      const parsed = placementSchema.safeParse(JSON.parse(text));
+      if (!parsed.success) {
+        const first = parsed.error.issues[0];
+        onError(
+          `placement ${file} refused: ${first?.path.map(String).join('.') || '(root)'}: ${first?.message ?? 'bad shape'}`,
+        );
+        return;
+      }
+      current = parsed.data;
       for (const l of listeners) l(current);
     } catch (err) {
       onError(`placement ${file} refused: ${(err as Error).message.split('\n')[0]}`);

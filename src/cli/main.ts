@@ -50,6 +50,16 @@ const COMMANDS: Record<string, () => Promise<Command>> = {
   analyze: async () => (await import('./analyze.js')).runAnalyze,
 };
 
+/** `kmtls version`, run as the commands are: a missing package.json is a coded failure too. */
+const printVersion = async (): Promise<Command> => async (_argv, io) => {
+  io.stdout(`kmtls ${version()}\n`);
+  return 0;
+};
+
+const unknownCommand = (name: string) => async (): Promise<Command> => {
+  throw new KmtlsError('KMTLS_CLI_USAGE', `unknown command: ${JSON.stringify(name)}\n\n${USAGE}`);
+};
+
 /** Runs one command; returns the exit code. Never throws: errors become a coded message. */
 export async function run(argv: readonly string[], io: CommandIo): Promise<number> {
   const [name, ...rest] = argv;
@@ -57,15 +67,8 @@ export async function run(argv: readonly string[], io: CommandIo): Promise<numbe
     io.stdout(USAGE);
     return name === undefined ? 2 : 0;
   }
-  if (name === 'version' || name === '--version') {
-    io.stdout(`kmtls ${version()}\n`);
-    return 0;
-  }
   const load =
-    COMMANDS[name] ??
-    (async () => {
-      throw new KmtlsError('KMTLS_CLI_USAGE', `unknown command: ${JSON.stringify(name)}\n\n${USAGE}`);
-    });
+    name === 'version' || name === '--version' ? printVersion : (COMMANDS[name] ?? unknownCommand(name));
   return runCommand(load, rest, io);
 }
 

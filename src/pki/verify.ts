@@ -125,6 +125,14 @@ function chainKey(chain: readonly Buffer[]): string {
   return hash.digest('base64');
 }
 
+/** Names a peer chose go into refusal messages (logs, and the facts kept above): at most 200 characters. */
+function clip(text: string): string {
+  return text.length > MAX_NAME_CHARS
+    ? `${text.slice(0, MAX_NAME_CHARS)}… (${text.length} characters)`
+    : text;
+}
+const MAX_NAME_CHARS = 200;
+
 function chainFacts(chain: readonly Buffer[], roots: readonly Buffer[]): ChainFacts {
   let certs: X509Certificate[];
   try {
@@ -147,7 +155,7 @@ function chainFacts(chain: readonly Buffer[], roots: readonly Buffer[]): ChainFa
     const next = certs[i + 1];
     if (!next || !cert.checkIssued(next) || !cert.verify(next.publicKey) || !next.ca) {
       // An empty issuer name (a leaf used as a CA) leaves `issuer` undefined.
-      const issuer = (cert.issuer ?? '').replace(/\n/g, ', ') || '(empty)';
+      const issuer = clip((cert.issuer ?? '').replace(/\n/g, ', ')) || '(empty)';
       return {
         refusal: refuse(
           'UNKNOWN_CA',
@@ -172,7 +180,7 @@ function chainFacts(chain: readonly Buffer[], roots: readonly Buffer[]): ChainFa
       return {
         refusal: refuse(
           'UNKNOWN_CA',
-          `an issuer in the chain is not a CA allowed to sign certificates (${fields.subject || '(empty)'})`,
+          `an issuer in the chain is not a CA allowed to sign certificates (${clip(fields.subject) || '(empty)'})`,
         ),
       };
     }
@@ -181,7 +189,7 @@ function chainFacts(chain: readonly Buffer[], roots: readonly Buffer[]): ChainFa
       return {
         refusal: refuse(
           'UNKNOWN_CA',
-          `the chain is longer than ${fields.subject} allows (pathLen ${fields.pathLength}, ${below} intermediate${below === 1 ? '' : 's'} below it)`,
+          `the chain is longer than ${clip(fields.subject)} allows (pathLen ${fields.pathLength}, ${below} intermediate${below === 1 ? '' : 's'} below it)`,
         ),
       };
     }

@@ -367,3 +367,18 @@ test('more distinct chains than are remembered: each verdict is still exact', ()
   const late = verifyPeerChain([leaves[0]!], roots, LEAF_NOT_AFTER + 1, TRUST_DOMAINS);
   assert.equal(late.ok ? 'ok' : late.reason, 'CERT_EXPIRED');
 });
+
+test('a refusal names what the peer chose at bounded length: a huge issuer name is clipped', () => {
+  const hugeCa = craft(ROOT, {
+    isCa: true,
+    name: 'x'.repeat(20_000),
+    notBefore: T0 - DAY_MS,
+    notAfter: T0 + DAY_MS,
+  });
+  // The leaf alone: its issuer is no trusted root, and the refusal names that issuer.
+  const v = verifyPeerChain([leafOf(hugeCa)], [ROOT.certificate], T0, TRUST_DOMAINS);
+  assert.ok(!v.ok);
+  assert.equal(v.reason, 'UNKNOWN_CA');
+  assert.ok(v.message.length < 400, `${v.message.length} characters`);
+  assert.match(v.message, /… \(\d+ characters\)\)$/);
+});
