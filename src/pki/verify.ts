@@ -125,11 +125,14 @@ function chainKey(chain: readonly Buffer[]): string {
   return hash.digest('base64');
 }
 
-/** Names a peer chose go into refusal messages (logs, and the facts kept above): at most 200 characters. */
+/**
+ * Names a peer chose go into refusal messages (logs, and the facts kept above): at most 200
+ * characters. The kept part is copied: a slice would hold on to the whole name.
+ */
 function clip(text: string): string {
-  return text.length > MAX_NAME_CHARS
-    ? `${text.slice(0, MAX_NAME_CHARS)}… (${text.length} characters)`
-    : text;
+  if (text.length <= MAX_NAME_CHARS) return text;
+  const kept = Buffer.from(text.slice(0, MAX_NAME_CHARS), 'utf16le').toString('utf16le');
+  return `${kept}… (${text.length} characters)`;
 }
 const MAX_NAME_CHARS = 200;
 
