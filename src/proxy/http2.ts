@@ -423,6 +423,37 @@ class SessionPool<U> {
   }
 }
 
+/** The pools of one side, by destination key, each with the config's idle timeout. */
+class SessionPools<U> {
+  private readonly byKey = new Map<string, SessionPool<U>>();
+
+  constructor(private readonly idleMs: () => number | undefined) {}
+
+  /** The pool for `key`, made with `open` the first time. */
+  get(key: string, open: () => Promise<Opened<U>>): SessionPool<U> {
+    let pool = this.byKey.get(key);
+    if (!pool) {
+      pool = new SessionPool<U>(open, this.idleMs);
+      this.byKey.set(key, pool);
+    }
+    return pool;
+  }
+
+  /** Lets go of the pools whose key `retire` names: their streams finish, no new one starts. */
+  retire(retire: (key: string) => boolean): void {
+    for (const [key, pool] of this.byKey) {
+      if (!retire(key)) continue;
+      this.byKey.delete(key);
+      pool.retire();
+    }
+  }
+
+  close(): void {
+    for (const p of this.byKey.values()) p.close();
+    this.byKey.clear();
+  }
+}
+
 /** Where an inbound HTTP connection's requests go and what they carry: set once per connection. */
 export interface InboundHttpContext {
   readonly record: ConnectionRecord;
@@ -444,7 +475,7 @@ export interface InboundHttpContext {
  */
 export class InboundHttp2 {
   private readonly front: Http2Front<InboundHttpContext>;
-  private readonly pools = new Map<string, SessionPool<undefined>>();
+  private readonly pools: SessionPools<undefined>;
 
   constructor(
     private readonly runtime: ProxyRuntime,
@@ -453,6 +484,7 @@ export class InboundHttp2 {
     private readonly agent: http.Agent,
   ) {
     this.front = new Http2Front(runtime, (stream, headers, ctx) => this.forward(stream, headers, ctx));
+    this.pools = new SessionPools(() => runtime.config().limits.idleTimeoutMs);
   }
 
   serve(socket: net.Socket, ctx: InboundHttpContext): void {
@@ -460,38 +492,30 @@ export class InboundHttp2 {
   }
 
   close(): void {
-    for (const p of this.pools.values()) p.close();
-    this.pools.clear();
+    this.pools.close();
     this.front.close();
   }
 
   private pool(forward: string, localAddress: string | undefined): SessionPool<undefined> {
-    const key = `${forward}|${localAddress ?? ''}`;
-    let pool = this.pools.get(key);
-    if (!pool) {
-      const { host, port } = parseAddress(forward);
-      const settings = settingsFor(this.runtime);
-      pool = new SessionPool<undefined>(
-        () =>
-          new Promise((resolve) => {
-            const session = http2.connect(`http://${forward}`, {
-              settings,
-              createConnection: () => net.connect({ host, port, ...(localAddress ? { localAddress } : {}) }),
-            });
-            const failed = (err: Error) =>
-              resolve({ ok: false, reason: 'UPSTREAM_UNREACHABLE', message: err.message, retryable: false });
-            session.once('error', failed);
-            session.once('connect', () => {
-              session.off('error', failed);
-              session.on('error', () => {});
-              resolve({ ok: true, session, upstream: undefined });
-            });
-          }),
-        () => this.runtime.config().limits.idleTimeoutMs,
-      );
-      this.pools.set(key, pool);
-    }
-    return pool;
+    return this.pools.get(
+      `${forward}|${localAddress ?? ''}`,
+      () =>
+        new Promise((resolve) => {
+          const { host, port } = parseAddress(forward);
+          const session = http2.connect(`http://${forward}`, {
+            settings: settingsFor(this.runtime),
+            createConnection: () => net.connect({ host, port, ...(localAddress ? { localAddress } : {}) }),
+          });
+          const failed = (err: Error) =>
+            resolve({ ok: false, reason: 'UPSTREAM_UNREACHABLE', message: err.message, retryable: false });
+          session.once('error', failed);
+          session.once('connect', () => {
+            session.off('error', failed);
+            session.on('error', () => {});
+            resolve({ ok: true, session, upstream: undefined });
+          });
+        }),
+    );
   }
 
   private forward(
@@ -656,7 +680,7 @@ export class InboundHttp2 {
  */
 export class OutboundHttp2 {
   private readonly front: Http2Front<ConnectionRecord>;
-  private readonly pools = new Map<string, SessionPool<ConnectionRecord>>();
+  private readonly pools: SessionPools<ConnectionRecord>;
   private next = 0;
 
   constructor(
@@ -665,6 +689,7 @@ export class OutboundHttp2 {
     private readonly connect: EndpointConnector,
   ) {
     this.front = new Http2Front(runtime, (stream, headers, record) => this.forward(stream, headers, record));
+    this.pools = new SessionPools(() => runtime.config().limits.idleTimeoutMs);
   }
 
   serve(socket: net.Socket, record: ConnectionRecord): void {
@@ -672,42 +697,29 @@ export class OutboundHttp2 {
   }
 
   close(): void {
-    for (const p of this.pools.values()) p.close();
-    this.pools.clear();
+    this.pools.close();
     this.front.close();
   }
 
   /** Lets go of the pools whose key `retire` names (see OutboundListener.update). */
   retire(retire: (key: string) => boolean): void {
-    for (const [key, pool] of this.pools) {
-      if (!retire(key)) continue;
-      this.pools.delete(key);
-      pool.retire();
-    }
+    this.pools.retire(retire);
   }
 
   /** The endpoint's pool: a new connection is verified (secure naming included) before any stream uses it. */
   private pool(ep: OutboundEndpointConfig, record: ConnectionRecord): SessionPool<ConnectionRecord> {
-    const key = poolKey(ep);
-    let pool = this.pools.get(key);
-    if (!pool) {
-      pool = new SessionPool<ConnectionRecord>(
-        async () => {
-          const upstream: ConnectionRecord = { ...record, bytesReceived: 0, bytesSent: 0 };
-          const r = await this.connect(ep, upstream, true);
-          if (!r.ok) return r;
-          const session = http2.connect(`http://${ep.address}`, {
-            settings: settingsFor(this.runtime),
-            createConnection: () => r.socket,
-          });
-          session.on('error', () => {});
-          return { ok: true, session, upstream };
-        },
-        () => this.runtime.config().limits.idleTimeoutMs,
-      );
-      this.pools.set(key, pool);
-    }
-    return pool;
+    // The first stream's record names the connection's upstream record, as it opens it.
+    return this.pools.get(poolKey(ep), async () => {
+      const upstream: ConnectionRecord = { ...record, bytesReceived: 0, bytesSent: 0 };
+      const r = await this.connect(ep, upstream, true);
+      if (!r.ok) return r;
+      const session = http2.connect(`http://${ep.address}`, {
+        settings: settingsFor(this.runtime),
+        createConnection: () => r.socket,
+      });
+      session.on('error', () => {});
+      return { ok: true, session, upstream };
+    });
   }
 
   private forward(

@@ -98,31 +98,42 @@ export class HttpOutbound {
     let agent = this.agents.get(key);
     if (!agent) {
       agent = new http.Agent({ keepAlive: true, maxSockets: 128, maxFreeSockets: 32 });
-      // Node's Agent waits for the callback: the socket is handed over only once verified. What the
-      // connection turned out to be (TLS, principals) travels with the socket to later requests.
-      (agent as unknown as { createConnection: unknown }).createConnection = (
-        _opts: unknown,
-        callback: (err: Error | null, socket?: net.Socket) => void,
-      ) => {
-        const upstream: ConnectionRecord = { ...record, bytesReceived: 0, bytesSent: 0 };
-        void this.connect(ep, upstream).then(
-          (r) => {
-            if (r.ok) {
-              (r.socket as net.Socket & { kmtlsUpstream?: ConnectionRecord }).kmtlsUpstream = upstream;
-              callback(null, r.socket);
-            } else {
-              callback(new RefusedUpstream(r.reason, r.message, r.retryable));
-            }
-          },
-          // A connection that could not even be set up (a DestinationRule key that does not match
-          // its certificate) is refused like one the endpoint turned away.
-          (err: Error) => callback(new RefusedUpstream('HANDSHAKE_FAILED', err.message, false)),
-        );
-        return undefined;
-      };
+      // What the connection turned out to be (TLS, principals) travels with the socket to later requests.
+      this.connectVerified(agent, ep, record, (socket, upstream) => {
+        (socket as net.Socket & { kmtlsUpstream?: ConnectionRecord }).kmtlsUpstream = upstream;
+      });
       this.agents.set(key, agent);
     }
     return agent;
+  }
+
+  /**
+   * Makes `agent` open its connections through `connect`. Node's Agent waits for the callback, so a
+   * socket is handed over only once verified; `verified` sees it first, with its upstream record.
+   */
+  private connectVerified(
+    agent: http.Agent,
+    ep: OutboundEndpointConfig,
+    record: ConnectionRecord,
+    verified: (socket: net.Socket, upstream: ConnectionRecord) => void,
+  ): void {
+    (agent as unknown as { createConnection: unknown }).createConnection = (
+      _opts: unknown,
+      callback: (err: Error | null, socket?: net.Socket) => void,
+    ) => {
+      const upstream: ConnectionRecord = { ...record, bytesReceived: 0, bytesSent: 0 };
+      void this.connect(ep, upstream).then(
+        (r) => {
+          if (!r.ok) return callback(new RefusedUpstream(r.reason, r.message, r.retryable));
+          verified(r.socket, upstream);
+          callback(null, r.socket);
+        },
+        // A connection that could not even be set up (a DestinationRule key that does not match
+        // its certificate) is refused like one the endpoint turned away.
+        (err: Error) => callback(new RefusedUpstream('HANDSHAKE_FAILED', err.message, false)),
+      );
+      return undefined;
+    };
   }
 
   private handle(req: http.IncomingMessage, res: http.ServerResponse): void {
@@ -135,10 +146,7 @@ export class HttpOutbound {
     const start = this.next++ % endpoints.length;
     const attempt = (i: number) => {
       const ep = endpoints[(start + i) % endpoints.length]!;
-      const [host, port] = [
-        ep.address.slice(0, ep.address.lastIndexOf(':')),
-        Number(ep.address.slice(ep.address.lastIndexOf(':') + 1)),
-      ];
+      const { host, port } = parseAddress(ep.address);
       const upstream = http.request(
         {
           host,
@@ -151,10 +159,7 @@ export class HttpOutbound {
         (upRes) => {
           const up = (upRes.socket as net.Socket & { kmtlsUpstream?: ConnectionRecord }).kmtlsUpstream;
           if (up && record) {
-            record.transport = up.transport;
-            record.sourcePrincipal = up.sourcePrincipal;
-            record.destinationPrincipal = up.destinationPrincipal;
-            record.tlsVersion = up.tlsVersion;
+            adoptUpstream(record, up);
             if (up.destinationAddress)
               (record as { destinationAddress?: string }).destinationAddress = up.destinationAddress;
           }
@@ -220,24 +225,7 @@ export class HttpOutbound {
     const { host, port } = parseAddress(ep.address);
     // An upgraded connection is never returned to a pool: it gets an agent of its own.
     const agent = new http.Agent({ keepAlive: false });
-    (agent as unknown as { createConnection: unknown }).createConnection = (
-      _opts: unknown,
-      callback: (err: Error | null, socket?: net.Socket) => void,
-    ) => {
-      const upstream: ConnectionRecord = { ...record, bytesReceived: 0, bytesSent: 0 };
-      void this.connect(ep, upstream).then(
-        (r) => {
-          if (!r.ok) return callback(new RefusedUpstream(r.reason, r.message, r.retryable));
-          record.transport = upstream.transport;
-          record.sourcePrincipal = upstream.sourcePrincipal;
-          record.destinationPrincipal = upstream.destinationPrincipal;
-          record.tlsVersion = upstream.tlsVersion;
-          callback(null, r.socket);
-        },
-        (err: Error) => callback(new RefusedUpstream('HANDSHAKE_FAILED', err.message, false)),
-      );
-      return undefined;
-    };
+    this.connectVerified(agent, ep, record, (_socket, upstream) => adoptUpstream(record, upstream));
     relayUpgrade(
       this.runtime,
       record,
@@ -251,4 +239,12 @@ export class HttpOutbound {
       }),
     );
   }
+}
+
+/** What the upstream connection turned out to be, on the downstream connection's record. */
+function adoptUpstream(record: ConnectionRecord, up: ConnectionRecord): void {
+  record.transport = up.transport;
+  record.sourcePrincipal = up.sourcePrincipal;
+  record.destinationPrincipal = up.destinationPrincipal;
+  record.tlsVersion = up.tlsVersion;
 }

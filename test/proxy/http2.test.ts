@@ -854,6 +854,7 @@ test(
     if (!py) {
       if (process.env.KMTLS_REQUIRE_PEERS === '1')
         assert.fail('grpcio is required here (apt-get install python3-grpcio)');
+      // A developer machine may lack grpcio; CI installs it and sets KMTLS_REQUIRE_PEERS=1 (above).
       t.skip('no Python with grpcio (apt-get install python3-grpcio)');
       return;
     }

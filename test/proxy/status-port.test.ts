@@ -297,6 +297,8 @@ test('a probe of the pod IP leaves from 127.0.0.6, which interception never redi
     .flat()
     .find((a) => a && a.family === 'IPv4' && !a.internal)?.address;
   if (!podIp || process.platform !== 'linux') {
+    // Binding 127.0.0.6 and reaching the pod IP from it needs Linux and a real interface address;
+    // CI (and this project's machines) have both, so it runs there.
     t.skip('needs Linux and a non-loopback IPv4 address');
     return;
   }
